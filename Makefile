@@ -1,0 +1,41 @@
+# protolib — the two commands: `make test` (set up and run the test suite) and `make run`
+# (the default pipeline). Both create the virtual environment when it is missing.
+
+PYTHON ?= python3
+VENV ?= .venv
+# PyTorch is installed first and pinned; override for another platform or CUDA build,
+# e.g. `make test TORCH="torch torchvision"`, or TORCH= to keep what the venv has.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.protolib-installed
+
+.PHONY: env test lint run bench clean-env
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(strip $(TORCH)),$(BIN)/python -m pip install --quiet $(TORCH))
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+run: $(STAMP)
+	@echo "make run will execute the default Snakemake pipeline (snakemake --cores all all);"
+	@echo "the pipeline is not part of this release yet. Library commands available now:"
+	$(BIN)/protolib list
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/supcon_prototypes.py
+
+clean-env:
+	rm -rf $(VENV)

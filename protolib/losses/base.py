@@ -1,0 +1,133 @@
+"""What every loss shares: its declared needs, the module base class, input checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+Reduction = Literal["mean", "sum"]
+REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+
+#: Largest allowed deviation of a row norm from 1 for "unit" inputs, by input precision.
+UNIT_NORM_TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
+UNIT_NORM_TOL_DEFAULT = 1e-3
+
+
+class LossInputError(ValueError):
+    """Inputs that a loss cannot take (wrong shape, dtype, labels, or non-unit rows)."""
+
+
+@dataclass(frozen=True)
+class LossNeeds:
+    """What a loss needs from the model, so the training loop can build the right head.
+
+    - ``head``: ``"none"`` (the loss reads embeddings only), ``"linear"`` (a trainable
+      linear classifier producing ``logits``) or ``"fixed_linear"`` (a linear classifier
+      fixed to the loss's ``prototypes``, no bias).
+    - ``normalized``: the loss works on unit-norm embeddings (its module normalises).
+    - ``prototypes``: ``"no"``, ``"optional"`` (used when the loss's ``n_w > 0``; the grid
+      expands ``n_w`` only for such losses) or ``"yes"`` (always; built from a geometry).
+    """
+
+    head: Literal["none", "linear", "fixed_linear"] = "none"
+    normalized: bool = False
+    prototypes: Literal["no", "optional", "yes"] = "no"
+
+
+class Loss(nn.Module):
+    """Base of the registered loss modules.
+
+    ``forward(features, labels, *, logits=None)`` returns ``{"loss": scalar, ...}`` where
+    the other entries are named components (detached-safe scalars a training loop may
+    log). Fixed prototypes are a buffer, so ``.to()`` and ``state_dict`` carry them.
+    """
+
+    needs: ClassVar[LossNeeds] = LossNeeds()
+    prototypes: Tensor | None
+
+    def __init__(self, *, prototypes: Tensor | None = None) -> None:
+        super().__init__()
+        if prototypes is not None:
+            prototypes = torch.as_tensor(prototypes).detach().clone()
+        self.register_buffer("prototypes", prototypes)
+
+    def forward(
+        self, features: Tensor, labels: Tensor, *, logits: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _require_prototypes(self, name: str) -> Tensor:
+        if self.prototypes is None:
+            raise LossInputError(f"loss {name!r} needs prototypes (K, d) from a geometry; got none")
+        return self.prototypes
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise LossInputError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+
+
+def check_tau(tau: float) -> None:
+    if not isinstance(tau, int | float) or isinstance(tau, bool) or not tau > 0:
+        raise LossInputError(f"temperature tau must be a positive number, got {tau!r}")
+
+
+def check_labels(labels: Tensor, n: int) -> None:
+    if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.shape != (n,):
+        got = (
+            f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels)
+        )
+        raise LossInputError(f"labels must be an int64 tensor of shape ({n},), got {got}")
+
+
+def flatten_views(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``(n, d)`` or ``(n, V, d)`` features → ``(n·V, d)`` members with their labels.
+
+    Views become extra batch members with the label of their image (MATH.md §1.3).
+    Half-precision inputs are promoted to float32.
+    """
+    if not isinstance(features, Tensor) or features.ndim not in (2, 3):
+        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features)
+        raise LossInputError(f"features must be a tensor of shape (n, d) or (n, V, d), got {shape}")
+    if not features.is_floating_point():
+        raise LossInputError(f"features must be floating point, got {features.dtype}")
+    check_labels(labels, features.shape[0])
+    if features.ndim == 3:
+        views = features.shape[1]
+        labels = labels.repeat_interleave(views)
+        features = features.reshape(-1, features.shape[-1])
+    if features.dtype in (torch.float16, torch.bfloat16):
+        features = features.float()
+    return features, labels
+
+
+def check_unit_rows(vectors: Tensor, what: str, *, dtype: torch.dtype | None = None) -> None:
+    """Raise :class:`LossInputError` unless every row has norm 1 (within the tolerance of
+    ``dtype``, the precision the rows were produced in)."""
+    if vectors.numel() == 0:
+        return
+    tol = UNIT_NORM_TOL.get(dtype or vectors.dtype, UNIT_NORM_TOL_DEFAULT)
+    deviation = (vectors.detach().float().norm(dim=-1) - 1).abs().max().item()
+    if not deviation <= tol:  # also catches NaN
+        raise LossInputError(
+            f"{what} must have unit-norm rows (max |‖row‖ − 1| = {deviation:.3g} > {tol:g}); "
+            "normalise them (torch.nn.functional.normalize) or use the loss module, which does"
+        )
+
+
+def check_prototypes(prototypes: Tensor, dim: int, labels: Tensor) -> None:
+    """Prototypes are ``(K, dim)`` unit rows and every label indexes one of them."""
+    if not isinstance(prototypes, Tensor) or prototypes.ndim != 2 or prototypes.shape[1] != dim:
+        shape = tuple(prototypes.shape) if isinstance(prototypes, Tensor) else type(prototypes)
+        raise LossInputError(f"prototypes must have shape (K, {dim}), got {shape}")
+    check_unit_rows(prototypes, "prototypes")
+    if labels.numel():
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= prototypes.shape[0]:
+            raise LossInputError(
+                f"labels must lie in 0..{prototypes.shape[0] - 1} (one prototype per class), "
+                f"got labels in {low}..{high}"
+            )

@@ -1,0 +1,149 @@
+"""Name → factory registries: the only place where a name from a config becomes an object.
+
+Each family (losses, geometries, models, datasets) has one :class:`Registry`. Adding a
+component is one decorated class or function::
+
+    from protolib.registry import LOSSES
+
+    @LOSSES.register("my_loss")
+    class MyLoss(Loss):
+        ...
+
+Code outside the package registers by being imported: name its module in a config's
+``plugins`` list, or expose it under the ``protolib.plugins`` entry-point group; both are
+imported by :func:`load_plugins`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T", bound=Callable[..., Any])
+
+ENTRY_POINT_GROUP = "protolib.plugins"
+
+
+class RegistryError(ValueError):
+    """An unknown or duplicate name in a registry (the message lists the known names)."""
+
+
+class Registry(Generic[T]):
+    """A named family of factories (classes or functions) with ``register``/``create``/``names``."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, obj: T | None = None) -> Any:
+        """Register ``obj`` under ``name``; without ``obj``, return a decorator.
+
+        Raises :class:`RegistryError` when ``name`` is already taken.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise RegistryError(f"a {self.family} name must be a non-empty string, got {name!r}")
+
+        def add(target: T) -> T:
+            if name in self._entries and self._entries[name] is not target:
+                raise RegistryError(
+                    f"{self.family} {name!r} is already registered "
+                    f"(by {_qualname(self._entries[name])}); choose another name"
+                )
+            self._entries[name] = target
+            return target
+
+        return add if obj is None else add(obj)
+
+    def get(self, name: str) -> T:
+        """The factory registered under ``name``."""
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise RegistryError(self._unknown_message(name)) from None
+
+    def create(self, name: str, /, **kwargs: Any) -> Any:
+        """Call the factory registered under ``name`` with ``kwargs``.
+
+        Options the factory does not accept raise :class:`RegistryError` listing the ones
+        it does, before the factory runs.
+        """
+        factory = self.get(name)
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # builtins without a signature: let the call decide
+            return factory(**kwargs)
+        try:
+            signature.bind(**kwargs)
+        except TypeError as error:
+            accepted = [
+                p.name
+                for p in signature.parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            raise RegistryError(
+                f"{self.family} {name!r}: {error}; "
+                f"accepted options: {', '.join(accepted) or 'none'}"
+            ) from None
+        return factory(**kwargs)
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests and interactive use)."""
+        self.get(name)
+        del self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.family!r}, names={self.names()})"
+
+    def _unknown_message(self, name: object) -> str:
+        known = ", ".join(self.names()) or "(none registered)"
+        message = f"unknown {self.family} {name!r}; known: {known}"
+        if isinstance(name, str):
+            close = difflib.get_close_matches(name, self.names(), n=1)
+            if close:
+                message += f" (did you mean {close[0]!r}?)"
+        return message
+
+
+def _qualname(obj: object) -> str:
+    module = getattr(obj, "__module__", "?")
+    return f"{module}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def load_plugins(
+    modules: Iterable[str] = (), *, entry_point_group: str = ENTRY_POINT_GROUP
+) -> None:
+    """Import user modules that register components, then every installed entry point.
+
+    ``modules`` are importable module names (``my_losses`` or ``pkg.losses``). A module
+    that cannot be imported raises :class:`ImportError` naming it.
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ImportError(f"plugin module {module!r} could not be imported: {error}") from error
+    for entry in entry_points(group=entry_point_group):
+        entry.load()
+
+
+LOSSES: Registry[Any] = Registry("loss")
+GEOMETRIES: Registry[Any] = Registry("geometry")
+MODELS: Registry[Any] = Registry("model")
+DATASETS: Registry[Any] = Registry("dataset")

@@ -1,0 +1,64 @@
+"""Every registered loss, through the registry: the contract a training loop relies on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from protolib import LOSSES
+from protolib.geometry import make_prototypes
+from protolib.losses import Loss, LossNeeds
+
+K, D = 4, 8
+
+
+def build(name):
+    cls = LOSSES.get(name)
+    options = {}
+    if cls.needs.prototypes != "no":
+        options["prototypes"] = make_prototypes("etf", K, D)
+    if cls.needs.prototypes == "optional":
+        options["n_w"] = 5
+    return LOSSES.create(name, **options)
+
+
+def forward(loss, features, labels, head):
+    logits = features @ head.T if loss.needs.head != "none" else None
+    return loss(features, labels, logits=logits)
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_contract_and_descent(name):
+    loss = build(name)
+    assert isinstance(loss, Loss) and isinstance(type(loss).needs, LossNeeds)
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(32, 2, D, generator=g, requires_grad=True)
+    labels = torch.arange(32) % K
+    head = loss.prototypes if loss.needs.head == "fixed_linear" else torch.randn(K, D, generator=g)
+    out = forward(loss, features, labels, head)
+    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+    components = {k: v for k, v in out.items() if k != "loss"}
+    assert all(not v.requires_grad and v.ndim == 0 for v in components.values())
+    if components:
+        torch.testing.assert_close(sum(components.values()), out["loss"].detach())
+    # gradient descent on free features lowers every loss
+    optimizer = torch.optim.SGD([features], lr=0.5)
+    first = out["loss"].item()
+    for _ in range(20):
+        optimizer.zero_grad()
+        value = forward(loss, features, labels, head)["loss"]
+        value.backward()
+        assert torch.isfinite(features.grad).all()
+        optimizer.step()
+    assert forward(loss, features, labels, head)["loss"].item() < first - 1e-3
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_buffers_move_and_round_trip(name):
+    loss = build(name).to(torch.float64)
+    if loss.prototypes is not None:
+        assert loss.prototypes.dtype == torch.float64
+        state = loss.state_dict()
+        clone = build(name)
+        clone.load_state_dict(state)
+        torch.testing.assert_close(clone.prototypes.double(), loss.prototypes)
