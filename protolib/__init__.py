@@ -7,7 +7,7 @@ The registries ``LOSSES`` and ``GEOMETRIES`` turn names from a config into objec
 
 from importlib.metadata import PackageNotFoundError, version
 
-from protolib import geometry, losses
+from protolib import data, geometry, losses, models
 from protolib.registry import DATASETS, GEOMETRIES, LOSSES, MODELS, Registry, RegistryError
 
 try:
@@ -23,6 +23,8 @@ __all__ = [
     "Registry",
     "RegistryError",
     "__version__",
+    "data",
     "geometry",
     "losses",
+    "models",
 ]

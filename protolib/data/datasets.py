@@ -1,0 +1,332 @@
+"""Datasets as in-memory tensors: train/test splits with their normalisation statistics.
+
+Each named dataset registered in :data:`~protolib.registry.DATASETS` is a function taking
+keyword-only options and returning :class:`DatasetSplits`; :func:`load_dataset` calls it by
+name. Images are ``(N, C, H, W)``, either ``uint8`` (0..255, kept compact for CIFAR) or
+``float32`` in ``[0, 1]``; labels are ``int64`` ``(N,)``. The test split is never
+resampled here: imbalance and label noise (MATH.md §6) apply to the training split only,
+through :mod:`protolib.data.transforms`.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from protolib.registry import DATASETS
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: ``images`` ``(N, C, H, W)`` (uint8 0..255 or float32 in [0, 1]) and
+    ``labels`` int64 ``(N,)``."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        images, labels = self.images, self.labels
+        if not isinstance(images, Tensor) or images.ndim != 4:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images)
+            raise ValueError(f"split images must be a tensor of shape (N, C, H, W), got {shape}")
+        if images.dtype not in (torch.uint8, torch.float32):
+            raise ValueError(f"split images must be uint8 or float32, got {images.dtype}")
+        n = images.shape[0]
+        if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.shape != (n,):
+            got = (
+                f"{labels.dtype} {tuple(labels.shape)}"
+                if isinstance(labels, Tensor)
+                else type(labels)
+            )
+            raise ValueError(f"split labels must be an int64 tensor of shape ({n},), got {got}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A dataset: its ``train`` and ``test`` splits, class count, and the per-channel
+    ``mean``/``std`` of the train split in ``[0, 1]`` units (population std)."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        _, c, h, w = self.train.images.shape
+        return (c, h, w)
+
+
+def load_dataset(name: str, **options: Any) -> DatasetSplits:
+    """The dataset registered under ``name``, built with ``options`` (see each loader)."""
+    return DATASETS.create(name, **options)
+
+
+def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std of ``images`` ``(N, C, H, W)`` in [0, 1] units.
+
+    uint8 images are summarised exactly through one 256-bin histogram per channel (no
+    float copy of the data); float images in float64.
+    """
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"need a non-empty (N, C, H, W) tensor, got {tuple(images.shape)}")
+    channels = images.shape[1]
+    if images.dtype == torch.uint8:
+        values = torch.arange(256, dtype=torch.float64) / 255.0
+        means, stds = [], []
+        for c in range(channels):
+            counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
+            total = counts.sum()
+            mean = (counts * values).sum() / total
+            var = (counts * (values - mean) ** 2).sum() / total
+            means.append(float(mean))
+            stds.append(float(var.sqrt()))
+        return tuple(means), tuple(stds)
+    flat = images.transpose(0, 1).reshape(channels, -1).double()
+    std, mean = torch.std_mean(flat, dim=1, correction=0)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _make_splits(name: str, train: Split, test: Split, num_classes: int) -> DatasetSplits:
+    mean, std = channel_stats(train.images)
+    return DatasetSplits(name, train, test, num_classes, mean, std)
+
+
+# ------------------------------------------------------------------------------- digits
+
+
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)`` (sorted int64 arrays) of a seeded stratified split.
+
+    Each class ``c`` with ``n_c`` points sends ``round(test_fraction·n_c)`` of them, clamped
+    to ``1..n_c−1``, to the test side, chosen by ``numpy.random.default_rng(seed)``; classes
+    are visited in increasing order, so the split is deterministic across runs.
+    """
+    if not isinstance(test_fraction, int | float) or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_test = round(test_fraction * len(members))
+        if len(members) >= 2:
+            n_test = min(max(n_test, 1), len(members) - 1)
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+@DATASETS.register("digits")
+def digits(*, test_fraction: float = 0.25, split_seed: int = 0) -> DatasetSplits:
+    """scikit-learn's bundled handwritten digits: 1 797 real 8×8 images, 10 classes.
+
+    Pixel values 0..16 become float32 ``/16`` in shape ``(N, 1, 8, 8)``; the train/test
+    split is :func:`stratified_split` with ``test_fraction`` and ``split_seed``.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy((bunch.images / 16.0).astype(np.float32)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    train_idx, test_idx = stratified_split(bunch.target, test_fraction, split_seed)
+    train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
+    return _make_splits(
+        "digits",
+        Split(images[train_idx].contiguous(), labels[train_idx]),
+        Split(images[test_idx].contiguous(), labels[test_idx]),
+        num_classes=10,
+    )
+
+
+# -------------------------------------------------------------------------------- CIFAR
+
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    name: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: bytes
+    num_classes: int
+    torchvision_class: str
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.train_files + self.test_files
+
+
+_CIFAR10 = _CifarLayout(
+    name="cifar10",
+    folder="cifar-10-batches-py",
+    train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test_files=("test_batch",),
+    label_key=b"labels",
+    num_classes=10,
+    torchvision_class="CIFAR10",
+)
+_CIFAR100 = _CifarLayout(
+    name="cifar100",
+    folder="cifar-100-python",
+    train_files=("train",),
+    test_files=("test",),
+    label_key=b"fine_labels",
+    num_classes=100,
+    torchvision_class="CIFAR100",
+)
+
+
+def _missing(folder: Path, files: Sequence[str]) -> list[str]:
+    return [f for f in files if not (folder / f).is_file()]
+
+
+def _find_cifar_folder(layout: _CifarLayout, root: Path) -> Path | None:
+    for candidate in (root / layout.folder, root):
+        if not _missing(candidate, layout.files):
+            return candidate
+    return None
+
+
+def _read_cifar_file(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray]:
+    with path.open("rb") as handle:
+        entry = pickle.load(handle, encoding="bytes")
+    if not isinstance(entry, dict) or b"data" not in entry or layout.label_key not in entry:
+        keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise ValueError(
+            f"{path} is not a {layout.name} batch: need keys b'data' and "
+            f"{layout.label_key!r}, found {keys}"
+        )
+    data = np.asarray(entry[b"data"], dtype=np.uint8)
+    labels = np.asarray(entry[layout.label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"{path}: b'data' must be (N, 3072) uint8 with N labels, got data "
+            f"{data.shape} and {labels.shape[0]} labels"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= layout.num_classes):
+        raise ValueError(
+            f"{path}: labels must lie in 0..{layout.num_classes - 1}, "
+            f"got {labels.min()}..{labels.max()}"
+        )
+    return data, labels
+
+
+def _read_cifar_split(folder: Path, files: Sequence[str], layout: _CifarLayout) -> Split:
+    parts = [_read_cifar_file(folder / f, layout) for f in files]
+    data = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)  # R, G, B planes
+    labels = np.concatenate([p[1] for p in parts])
+    return Split(torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(labels))
+
+
+def _download_cifar(layout: _CifarLayout, root: Path) -> None:
+    import torchvision.datasets
+
+    getattr(torchvision.datasets, layout.torchvision_class)(str(root), train=True, download=True)
+
+
+def _load_cifar(layout: _CifarLayout, root: str | Path, download: bool) -> DatasetSplits:
+    """Read a CIFAR dataset in the python-pickle format from ``root`` (or ``root/<folder>``)."""
+    root = Path(root).expanduser()
+    folder = _find_cifar_folder(layout, root)
+    if folder is None and download:
+        _download_cifar(layout, root)
+        folder = _find_cifar_folder(layout, root)
+    if folder is None:
+        inner = root / layout.folder
+        missing = _missing(inner, layout.files)
+        raise FileNotFoundError(
+            f"{layout.name}: expected files {', '.join(layout.files)} in {inner} (or in {root}); "
+            f"missing: {', '.join(missing)}; pass download=True or point root at the folder "
+            "that holds them"
+        )
+    return _make_splits(
+        layout.name,
+        _read_cifar_split(folder, layout.train_files, layout),
+        _read_cifar_split(folder, layout.test_files, layout),
+        num_classes=layout.num_classes,
+    )
+
+
+@DATASETS.register("cifar10")
+def cifar10(*, root: str | Path, download: bool = False) -> DatasetSplits:
+    """CIFAR-10 from ``root/cifar-10-batches-py`` (or ``root`` itself): 50 000 train and
+    10 000 test uint8 images ``(N, 3, 32, 32)``, 10 classes. ``download=True`` fetches the
+    archive with torchvision when the files are missing."""
+    return _load_cifar(_CIFAR10, root, download)
+
+
+@DATASETS.register("cifar100")
+def cifar100(*, root: str | Path, download: bool = False) -> DatasetSplits:
+    """CIFAR-100 from ``root/cifar-100-python`` (or ``root`` itself), fine labels:
+    50 000 train and 10 000 test uint8 images ``(N, 3, 32, 32)``, 100 classes.
+    ``download=True`` fetches the archive with torchvision when the files are missing."""
+    return _load_cifar(_CIFAR100, root, download)
+
+
+# ---------------------------------------------------------------------------- synthetic
+
+#: Pixel noise standard deviation at ``noise=1`` (images live in [0, 1]).
+SYNTHETIC_NOISE_SCALE = 0.25
+
+
+def _check_count(name: str, value: int, smallest: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
+        raise ValueError(f"synthetic: {name} must be an integer >= {smallest}, got {value!r}")
+
+
+@DATASETS.register("synthetic")
+def synthetic(
+    *,
+    num_classes: int = 10,
+    channels: int = 3,
+    image_size: int = 32,
+    train_size: int = 1000,
+    test_size: int = 200,
+    noise: float = 1.0,
+    seed: int = 0,
+) -> DatasetSplits:
+    """Gaussian class clusters, for tests and speed measurements.
+
+    Class centres ``μ_k`` are uniform in ``[0, 1]^{C×H×W}``; an image of class ``y`` is
+    ``clip(μ_y + σ·ε, 0, 1)`` with ``ε ~ N(0, I)`` and ``σ = 0.25·noise``, float32. Labels
+    are balanced (``i mod K``, then shuffled). Everything is drawn from
+    ``numpy.random.default_rng(seed)``: centres, then train, then test.
+    """
+    _check_count("num_classes", num_classes, 2)
+    _check_count("channels", channels, 1)
+    _check_count("image_size", image_size, 1)
+    _check_count("train_size", train_size, 1)
+    _check_count("test_size", test_size, 1)
+    if not isinstance(noise, int | float) or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"synthetic: noise must be a finite number >= 0, got {noise!r}")
+    rng = np.random.default_rng(seed)
+    shape = (channels, image_size, image_size)
+    centres = rng.random((num_classes, *shape))
+    sigma = SYNTHETIC_NOISE_SCALE * noise
+
+    def draw(size: int) -> Split:
+        labels = rng.permutation(np.arange(size) % num_classes)
+        images = centres[labels] + sigma * rng.standard_normal((size, *shape))
+        images = np.clip(images, 0.0, 1.0).astype(np.float32)
+        return Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
+
+    train = draw(train_size)
+    test = draw(test_size)
+    return _make_splits("synthetic", train, test, num_classes)

@@ -1,0 +1,103 @@
+"""Training-set transforms of MATH.md §6: STEP imbalance and label corruption.
+
+Each is a pure function of ``(labels, parameter, seed)`` that returns indices and labels
+(CPU int64 tensors), so a run can record exactly what it trained on. Randomness comes from
+``numpy.random.default_rng(seed)``, whose streams numpy keeps stable across releases.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CORRUPTION_MODES: tuple[str, ...] = ("other", "uniform")
+
+# Counts ⌊x⌋ are taken as ⌊x + _EPS⌋ so that a float product such as 0.29·100 =
+# 28.999999999999996 counts as the 29 it stands for.
+_EPS = 1e-9
+
+
+def _floor(x: float) -> int:
+    return math.floor(x + _EPS)
+
+
+def _check_labels(labels: Tensor, num_classes: int, smallest_k: int) -> np.ndarray:
+    if (
+        not isinstance(num_classes, int)
+        or isinstance(num_classes, bool)
+        or num_classes < smallest_k
+    ):
+        raise ValueError(f"num_classes must be an integer >= {smallest_k}, got {num_classes!r}")
+    array = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+        raise ValueError(
+            f"labels must be a 1-D integer tensor (N,), got {array.dtype} {tuple(array.shape)}"
+        )
+    if array.size and (array.min() < 0 or array.max() >= num_classes):
+        raise ValueError(
+            f"labels must lie in 0..{num_classes - 1}, got {array.min()}..{array.max()}"
+        )
+    return array.astype(np.int64, copy=False)
+
+
+def step_imbalance(labels: Tensor, ratio: float, num_classes: int, seed: int) -> Tensor:
+    """Indices of the training points kept under STEP imbalance with ratio ``R`` (MATH.md §6).
+
+    ``labels`` int ``(N,)`` in ``0..K−1``. The first ``⌈K/2⌉`` classes keep all their
+    points; every other class ``c`` keeps ``⌊n_c / R⌋`` of its ``n_c`` points, the first of
+    a seeded permutation of them (classes visited in increasing order). ``R = 1`` keeps
+    everything. Returns int64 ``(M,)`` positions into ``labels``, sorted ascending.
+    """
+    array = _check_labels(labels, num_classes, 1)
+    if (
+        not isinstance(ratio, int | float)
+        or isinstance(ratio, bool)
+        or not math.isfinite(ratio)
+        or ratio < 1
+    ):
+        raise ValueError(f"imbalance ratio must be >= 1 and finite, got {ratio!r}")
+    rng = np.random.default_rng(seed)
+    keep = array < math.ceil(num_classes / 2)
+    for c in range(math.ceil(num_classes / 2), num_classes):
+        members = np.flatnonzero(array == c)
+        chosen = rng.permutation(members)[: _floor(len(members) / ratio)]
+        keep[chosen] = True
+    return torch.from_numpy(np.flatnonzero(keep).astype(np.int64))
+
+
+def corrupt_labels(
+    labels: Tensor, fraction: float, num_classes: int, seed: int, mode: str = "other"
+) -> tuple[Tensor, Tensor]:
+    """Label corruption with fraction ``p`` (MATH.md §6).
+
+    ``⌊p·N⌋`` positions are drawn without replacement; each gets a new label:
+    ``(y + U{1..K−1}) mod K`` for ``mode="other"`` (always a different class) or
+    ``U{0..K−1}`` for ``mode="uniform"`` (may equal the old one). Returns
+    ``(new_labels, changed)``: int64 ``(N,)`` labels and the drawn positions, sorted
+    ascending (for ``"uniform"``, all drawn positions, changed in value or not).
+    """
+    if mode not in CORRUPTION_MODES:
+        raise ValueError(
+            f"unknown label-corruption mode {mode!r}; known: {', '.join(CORRUPTION_MODES)}"
+        )
+    array = _check_labels(labels, num_classes, 2 if mode == "other" else 1)
+    if (
+        not isinstance(fraction, int | float)
+        or isinstance(fraction, bool)
+        or not 0 <= fraction <= 1
+    ):
+        raise ValueError(f"corruption fraction must lie in [0, 1], got {fraction!r}")
+    rng = np.random.default_rng(seed)
+    n = array.shape[0]
+    changed = np.sort(rng.choice(n, size=min(_floor(fraction * n), n), replace=False))
+    new = array.copy()
+    if mode == "other":
+        new[changed] = (array[changed] + rng.integers(1, num_classes, size=changed.size)) % (
+            num_classes
+        )
+    else:
+        new[changed] = rng.integers(0, num_classes, size=changed.size)
+    return torch.from_numpy(new), torch.from_numpy(changed.astype(np.int64))

@@ -1,0 +1,336 @@
+"""Backbones: ``(B, C, H, W)`` images → ``(B, out_dim)`` embeddings, registered in ``MODELS``.
+
+Every registered factory takes the keyword-only ``in_shape`` ``(C, H, W)`` plus its own
+options and returns an ``nn.Module`` with an integer attribute ``out_dim``. Registered
+names: ``mlp``, ``cnn_small``, ``resnet18_cifar``, ``preact_resnet18_cifar``;
+:func:`build_backbone` also accepts ``timm:<name>`` for any timm model (random weights).
+
+The two ResNet-18s use the CIFAR stem of MATH.md §7 (3×3 convolution, stride 1, no
+max-pool) and end in a global average pool with no projection and no classifier.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from protolib.registry import MODELS, RegistryError
+
+TIMM_PREFIX = "timm:"
+
+InShape = tuple[int, int, int]
+
+
+def check_in_shape(in_shape: Sequence[int]) -> InShape:
+    """``in_shape`` as a ``(C, H, W)`` tuple of positive ints, or a ``ValueError``."""
+    try:
+        shape = tuple(in_shape)
+    except TypeError:
+        shape = ()
+    if len(shape) != 3 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
+    ):
+        raise ValueError(f"in_shape must be (C, H, W), three positive ints; got {in_shape!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _check_widths(name: str, widths: Sequence[int], *, allow_empty: bool) -> tuple[int, ...]:
+    values = tuple(widths)
+    if (not values and not allow_empty) or not all(
+        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in values
+    ):
+        raise ValueError(f"{name} must be a sequence of positive ints; got {widths!r}")
+    return values
+
+
+def _check_positive(name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+def _init_conv_bn(module: nn.Module) -> None:
+    """He (fan-out) initialisation of convolutions; batch norms start as the identity."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+# --------------------------------------------------------------------------- small nets
+
+
+class MLP(nn.Module):
+    """Flatten → ``[Linear, ReLU] × len(widths)`` → ``Linear(out_dim)`` (no final activation)."""
+
+    def __init__(self, in_shape: InShape, widths: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        in_features = in_shape[0] * in_shape[1] * in_shape[2]
+        layers: list[nn.Module] = [nn.Flatten(1)]
+        for width in widths:
+            layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+            in_features = width
+        layers.append(nn.Linear(in_features, out_dim))
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` → ``(B, out_dim)``."""
+        return self.layers(x)
+
+
+@MODELS.register("mlp")
+def mlp(*, in_shape: Sequence[int], widths: Sequence[int] = (512, 512), out_dim: int = 128) -> MLP:
+    """A multilayer perceptron on the flattened image (the default for 1×8×8 digits)."""
+    shape = check_in_shape(in_shape)
+    return MLP(
+        shape,
+        _check_widths("widths", widths, allow_empty=True),
+        _check_positive("out_dim", out_dim),
+    )
+
+
+class SmallCNN(nn.Module):
+    """``[Conv3×3, BN, ReLU]`` per entry of ``channels`` (stride 1 for the first, 2 after),
+    global average pool, ``Linear(out_dim)``. Works for any image size (8×8 digits,
+    32×32 CIFAR): a stride-2 3×3 convolution with padding 1 maps 1×1 to 1×1."""
+
+    def __init__(self, in_shape: InShape, channels: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        in_ch = in_shape[0]
+        for i, ch in enumerate(channels):
+            blocks += [
+                _conv3x3(in_ch, ch, stride=1 if i == 0 else 2),
+                nn.BatchNorm2d(ch),
+                nn.ReLU(inplace=True),
+            ]
+            in_ch = ch
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, out_dim)
+        self.out_dim = out_dim
+        _init_conv_bn(self.features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` → ``(B, out_dim)``."""
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+@MODELS.register("cnn_small")
+def cnn_small(
+    *, in_shape: Sequence[int], channels: Sequence[int] = (32, 64), out_dim: int = 128
+) -> SmallCNN:
+    """A small convolutional net for tiny images."""
+    shape = check_in_shape(in_shape)
+    return SmallCNN(
+        shape,
+        _check_widths("channels", channels, allow_empty=False),
+        _check_positive("out_dim", out_dim),
+    )
+
+
+# --------------------------------------------------------------------------- ResNets
+
+
+class BasicBlock(nn.Module):
+    """Post-activation residual block: ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(in_ch, out_ch, stride)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = _conv3x3(out_ch, out_ch)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_ch),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation residual block (He et al. 2016, identity mappings):
+    ``conv(relu(bn(conv(relu(bn(x)))))) + shortcut``, with no activation after the sum.
+
+    A projection shortcut (stride or width change) reads the pre-activated input, as
+    in the paper; an identity shortcut reads ``x`` itself."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = _conv3x3(in_ch, out_ch, stride)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.conv2 = _conv3x3(out_ch, out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(pre)
+        out = self.conv1(pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        return out + shortcut
+
+
+RESNET18_WIDTHS = (64, 128, 256, 512)
+RESNET18_DEPTHS = (2, 2, 2, 2)
+
+
+class CifarResNet(nn.Module):
+    """ResNet with the CIFAR stem (3×3 conv, stride 1, no max-pool), four stages of
+    ``block`` (strides 1, 2, 2, 2), global average pool; output ``(B, widths[-1])``.
+
+    ``preact=True`` builds the pre-activation variant: the stem is a bare convolution
+    (its BN and ReLU live in the first block) and the output is the pooled sum of the
+    last block, *without* a final BN/ReLU, so it can be negative (MATH.md §7)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        preact: bool = False,
+        widths: Sequence[int] = RESNET18_WIDTHS,
+        depths: Sequence[int] = RESNET18_DEPTHS,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        block = PreActBlock if preact else BasicBlock
+        stem: list[nn.Module] = [_conv3x3(in_channels, widths[0])]
+        if not preact:
+            stem += [nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+        self.stem = nn.Sequential(*stem)
+        stages: list[nn.Module] = []
+        in_ch = widths[0]
+        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+            blocks = []
+            for j in range(depth):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(block(in_ch, width, stride))
+                in_ch = width
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim = in_ch
+        _init_conv_bn(self)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+                elif isinstance(m, PreActBlock):
+                    nn.init.zeros_(m.conv2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` → ``(B, out_dim)``."""
+        x = self.stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.pool(x).flatten(1)
+
+
+@MODELS.register("resnet18_cifar")
+def resnet18_cifar(*, in_shape: Sequence[int], zero_init_residual: bool = False) -> CifarResNet:
+    """ResNet-18 (BasicBlocks [2, 2, 2, 2], widths 64–512) with the CIFAR stem; 512-d
+    output after the final ReLU and the average pool (so every coordinate is ≥ 0)."""
+    shape = check_in_shape(in_shape)
+    return CifarResNet(shape[0], preact=False, zero_init_residual=zero_init_residual)
+
+
+@MODELS.register("preact_resnet18_cifar")
+def preact_resnet18_cifar(
+    *, in_shape: Sequence[int], zero_init_residual: bool = False
+) -> CifarResNet:
+    """Pre-activation ResNet-18 with the CIFAR stem; 512-d output. The last block ends
+    without a ReLU, so outputs (and inner products of class means) can be negative
+    (MATH.md §7)."""
+    shape = check_in_shape(in_shape)
+    return CifarResNet(shape[0], preact=True, zero_init_residual=zero_init_residual)
+
+
+# --------------------------------------------------------------------------- timm
+
+
+class TimmBackbone(nn.Module):
+    """A timm model built with ``num_classes=0`` (pooled features, no classifier)."""
+
+    def __init__(self, name: str, model: nn.Module) -> None:
+        super().__init__()
+        self.name = name
+        self.model = model
+        # ``head_hidden_size`` differs from ``num_features`` for models whose head has a
+        # hidden layer (e.g. MobileNetV3's conv_head); it is what num_classes=0 outputs.
+        width = getattr(model, "head_hidden_size", None) or model.num_features
+        self.out_dim = int(width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` → ``(B, out_dim)``."""
+        return self.model(x)
+
+
+def _build_timm(name: str, in_shape: InShape, options: dict[str, Any]) -> TimmBackbone:
+    import timm
+
+    if not name or not timm.is_model(name):
+        message = f"unknown timm model {name!r} (from '{TIMM_PREFIX}{name}')"
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        if close:
+            message += f"; did you mean {', '.join(repr(c) for c in close)}?"
+        message += "; timm.list_models() lists the known names"
+        raise ValueError(message)
+    model = timm.create_model(
+        name, pretrained=False, num_classes=0, in_chans=in_shape[0], **options
+    )
+    return TimmBackbone(name, model)
+
+
+def build_backbone(name: str, *, in_shape: Sequence[int], **options: Any) -> nn.Module:
+    """The backbone called ``name`` for images of shape ``in_shape`` ``(C, H, W)``.
+
+    ``name`` is a name registered in ``MODELS`` or ``timm:<model>`` for any timm model
+    (random weights, ``num_classes=0``, ``in_chans=C``; ``options`` go to
+    ``timm.create_model``). The result maps ``(B, C, H, W)`` → ``(B, out_dim)`` and has an
+    integer ``out_dim``.
+
+    Raises:
+        RegistryError: unknown registered name or options the factory does not accept
+            (the message lists the known names / accepted options).
+        ValueError: an unknown timm model, or a bad ``in_shape``.
+    """
+    shape = check_in_shape(in_shape)
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+        backbone = _build_timm(name[len(TIMM_PREFIX) :], shape, options)
+    else:
+        try:
+            MODELS.get(name)
+        except RegistryError as error:
+            raise RegistryError(
+                f"{error}; or '{TIMM_PREFIX}<name>' for any timm model "
+                f"(e.g. '{TIMM_PREFIX}resnet18')"
+            ) from None
+        backbone = MODELS.create(name, in_shape=shape, **options)
+    out_dim = getattr(backbone, "out_dim", None)
+    if not isinstance(out_dim, int) or isinstance(out_dim, bool) or out_dim <= 0:
+        raise TypeError(
+            f"model {name!r} must build an nn.Module with a positive int attribute out_dim; "
+            f"got out_dim={out_dim!r}"
+        )
+    return backbone

@@ -1,0 +1,267 @@
+"""The run config: one model, one loss, one dataset variant (``protolib train --config``).
+
+A run config is a flat JSON object; every field has its one default here. Validation
+happens before any work: unknown keys, unknown registry names, out-of-range values each
+raise :class:`ConfigError` with one line that says what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protolib.registry import DATASETS, GEOMETRIES, LOSSES, MODELS, RegistryError, load_plugins
+
+SCHEDULES = ("constant", "step", "cosine", "poly")
+SAMPLINGS = ("epoch", "replacement")
+DEVICES = ("auto", "cpu", "cuda")
+CORRUPTION_MODES = ("other", "uniform")
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
+
+
+class ConfigError(ValueError):
+    """An invalid run config (the message names the key and what is allowed)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run. See the README for each field."""
+
+    run_id: str = "run"
+    experiment: str = "default"
+    plugins: tuple[str, ...] = ()
+    # data (MATH.md §6)
+    dataset: str = "digits"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    imbalance_ratio: float = 1.0
+    label_corruption: float = 0.0
+    corruption_mode: str = "other"
+    # model
+    model: str = "mlp"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    projector: str = "none"
+    projector_dim: int = 128
+    # loss and prototypes (MATH.md §1–2)
+    loss: str = "ce"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    n_w: int = 0
+    geometry: str = "etf"
+    geometry_options: dict[str, Any] = field(default_factory=dict)
+    # optimisation (MATH.md §7)
+    batch_size: int = 256
+    sampling: str = "replacement"
+    views: int = 1
+    crop_padding: int = 0
+    flip: bool = False
+    iterations: int | None = 1000
+    epochs: int | None = None
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "constant"
+    milestones: tuple[int, ...] = ()
+    lr_factor: float = 0.1
+    poly_power: float = 5.0
+    # evaluation
+    eval_every: int = 100
+    eval_batch_size: int = 1024
+    probe_iterations: int = 1000
+    probe_lr: float = 0.1
+    # execution
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    threads: int | None = None
+    checkpoint_every: int = 500
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build and validate a config from a mapping (unknown keys are an error)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run config must be a JSON object, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"unknown run config key {unknown[0]!r}; allowed keys: {', '.join(names)}"
+            )
+        values = dict(data)
+        for key in ("plugins", "milestones"):
+            if key in values and isinstance(values[key], list):
+                values[key] = tuple(values[key])
+        config = cls(**values)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"run config {str(path)!r} does not exist") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"run config {str(path)!r} is not valid JSON: {error}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["plugins"] = list(self.plugins)
+        data["milestones"] = list(self.milestones)
+        return data
+
+    @property
+    def grid_keys(self) -> dict[str, Any]:
+        """The grid coordinates of this run (columns of every results table)."""
+        return {
+            "loss": self.loss,
+            "n_w": self.n_w,
+            "imbalance_ratio": float(self.imbalance_ratio),
+            "label_corruption": float(self.label_corruption),
+            "seed": self.seed,
+        }
+
+    def validate(self) -> None:
+        """Check every field; raise :class:`ConfigError` on the first problem."""
+        _check_type(self)
+        if not RUN_ID_PATTERN.match(self.run_id):
+            raise ConfigError(
+                f"run_id {self.run_id!r} must start with a letter or digit and contain only "
+                "letters, digits and . _ = , + -"
+            )
+        try:
+            load_plugins(self.plugins)
+        except ImportError as error:
+            raise ConfigError(str(error)) from None
+        _check_name("dataset", self.dataset, DATASETS.names())
+        if not self.model.startswith("timm:"):
+            _check_name("model", self.model, [*MODELS.names(), "timm:<name>"], MODELS.names())
+        _check_name("loss", self.loss, LOSSES.names())
+        _check_name("geometry", self.geometry, GEOMETRIES.names())
+        _check_choice("projector", self.projector, ("none", "mlp"))
+        _check_choice("sampling", self.sampling, SAMPLINGS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("corruption_mode", self.corruption_mode, CORRUPTION_MODES)
+        if not (math.isfinite(self.imbalance_ratio) and self.imbalance_ratio >= 1):
+            raise ConfigError(
+                f"imbalance_ratio must be a number >= 1, got {self.imbalance_ratio!r}"
+            )
+        if not 0 <= self.label_corruption <= 1:
+            raise ConfigError(f"label_corruption must be in [0, 1], got {self.label_corruption!r}")
+        if self.n_w < 0:
+            raise ConfigError(f"n_w must be a non-negative integer, got {self.n_w!r}")
+        uses_prototypes = LOSSES.get(self.loss).needs.prototypes
+        if self.n_w > 0 and uses_prototypes != "optional":
+            raise ConfigError(
+                f"loss {self.loss!r} does not take n_w (prototype copies); set n_w to 0 "
+                f"(losses that take n_w: {', '.join(_losses_with_n_w())})"
+            )
+        if "n_w" in self.loss_options or "prototypes" in self.loss_options:
+            raise ConfigError(
+                "loss_options may not set n_w or prototypes; use the n_w and geometry keys"
+            )
+        if (self.iterations is None) == (self.epochs is None):
+            raise ConfigError("set exactly one of iterations and epochs (the other to null)")
+        for key in (
+            "iterations",
+            "epochs",
+            "batch_size",
+            "views",
+            "eval_every",
+            "eval_batch_size",
+            "projector_dim",
+            "checkpoint_every",
+        ):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        for key in ("crop_padding", "probe_iterations"):
+            if getattr(self, key) < 0:
+                raise ConfigError(
+                    f"{key} must be a non-negative integer, got {getattr(self, key)!r}"
+                )
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be a positive integer or null, got {self.threads!r}")
+        for key in ("lr", "probe_lr"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)!r}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.schedule == "step" and not self.milestones:
+            raise ConfigError(
+                "schedule 'step' needs milestones (iterations, or epochs when epochs is set)"
+            )
+        if list(self.milestones) != sorted(set(self.milestones)) or any(
+            m < 1 for m in self.milestones
+        ):
+            raise ConfigError(
+                f"milestones must be increasing positive integers, got {list(self.milestones)}"
+            )
+
+
+def _check_type(config: RunConfig) -> None:
+    """Each field has the type of its default (ints accepted for floats, None where allowed)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        hint = str(f.type)
+        allowed: tuple[type, ...]
+        if hint.startswith("dict"):
+            allowed = (dict,)
+        elif hint.startswith("tuple"):
+            allowed = (tuple,)
+        elif hint.startswith("bool"):
+            allowed = (bool,)
+        elif hint.startswith("int"):
+            allowed = (int,)
+        elif hint.startswith("float"):
+            allowed = (int, float)
+        else:
+            allowed = (str,)
+        if value is None and "None" in hint:
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        else:
+            ok = isinstance(value, allowed)
+        if ok and f.name in ("plugins",):
+            ok = all(isinstance(v, str) for v in value)
+        if ok and f.name == "milestones":
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if not ok:
+            expected = {
+                dict: "an object",
+                tuple: "a list",
+                bool: "true or false",
+                int: "an integer",
+                float: "a number",
+                str: "a string",
+            }[allowed[-1]]
+            if "None" in hint:
+                expected += " or null"
+            raise ConfigError(f"{f.name} must be {expected}, got {value!r}")
+
+
+def _check_name(key: str, value: str, shown: list[str], known: list[str] | None = None) -> None:
+    if value not in (known if known is not None else shown):
+        raise ConfigError(f"unknown {key} {value!r}; known: {', '.join(shown)}")
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _losses_with_n_w() -> list[str]:
+    return [name for name in LOSSES.names() if LOSSES.get(name).needs.prototypes == "optional"]
+
+
+__all__ = ["ConfigError", "RegistryError", "RunConfig"]

@@ -1,0 +1,123 @@
+"""Evaluation of a network on whole splits (MATH.md §3, §7): errors, accuracies and
+the geometry of the embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from protolib.geometry import (
+    delta_g_from_gram,
+    gamma_distributions,
+    neural_collapse,
+)
+
+
+@torch.no_grad()
+def embed(
+    network: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor, Tensor]],
+    *,
+    normalize: bool,
+    autocast: bool = False,
+    channels_last: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Features ``(N, d)`` (unit rows when ``normalize``) and logits ``(N, K)`` or None of
+    every batch, in eval mode, as float32 on the network's device."""
+    was_training = network.training
+    network.eval()
+    features, logits = [], []
+    try:
+        for x, _, _ in batches:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            context = (
+                torch.autocast(x.device.type, dtype=torch.bfloat16) if autocast else nullcontext()
+            )
+            with context:
+                out = network(x)
+            h = out.features.float()
+            features.append(F.normalize(h, dim=-1) if normalize else h)
+            if out.logits is not None:
+                logits.append(out.logits.float())
+    finally:
+        network.train(was_training)
+    return torch.cat(features), (torch.cat(logits) if logits else None)
+
+
+def class_mean_classifier(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Rows are the un-centred class means of the training embeddings (MATH.md §7a);
+    a class without samples gets a row of NaN (it is never predicted)."""
+    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
+    sums.index_add_(0, labels, features)
+    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
+    means = sums / counts.unsqueeze(1)
+    return means.masked_fill(counts.unsqueeze(1) == 0, float("nan"))
+
+
+def predict(features: Tensor, weight: Tensor) -> Tensor:
+    """argmax_c <h, w_c>; NaN rows never win."""
+    scores = features @ weight.nan_to_num(0.0).T
+    scores = scores.masked_fill(weight.isnan().any(dim=1).unsqueeze(0), float("-inf"))
+    return scores.argmax(dim=1)
+
+
+def error_rate(predictions: Tensor, labels: Tensor) -> float:
+    return float((predictions != labels).double().mean())
+
+
+def evaluate_split_pair(
+    *,
+    train_features: Tensor,
+    train_logits: Tensor | None,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_logits: Tensor | None,
+    test_labels: Tensor,
+    num_classes: int,
+    target_gram: Tensor,
+    classifier: Tensor | None,
+) -> dict[tuple[str, str], float]:
+    """All evaluation metrics as ``{(split, metric): value}``.
+
+    ``error``/``accuracy`` use the run's classifier: the model's logits when it has a
+    head, the class-mean classifier otherwise; ``mean_classifier_accuracy`` is the
+    class-mean classifier for every loss. Geometry metrics are computed on the training
+    embeddings against the training (possibly corrupted) labels.
+    """
+    means = class_mean_classifier(train_features, train_labels, num_classes)
+    train_pred = (
+        train_logits.argmax(1) if train_logits is not None else predict(train_features, means)
+    )
+    test_pred = test_logits.argmax(1) if test_logits is not None else predict(test_features, means)
+    out: dict[tuple[str, str], float] = {
+        ("train", "error"): error_rate(train_pred, train_labels),
+        ("test", "accuracy"): 1.0 - error_rate(test_pred, test_labels),
+        ("test", "mean_classifier_accuracy"): 1.0
+        - error_rate(predict(test_features, means), test_labels),
+    }
+    present = ~means.isnan().any(dim=1)
+    if bool(present.all()):
+        gram = means.double() @ means.double().T
+        out[("train", "delta_g")] = delta_g_from_gram(gram, target_gram.to(gram))
+        gammas = gamma_distributions(
+            train_features, train_labels, classifier=classifier, num_classes=num_classes
+        )
+        for name, values in gammas.items():
+            out[("train", f"gamma_{name}")] = float(values.mean())
+        collapse = neural_collapse(
+            train_features, train_labels, classifier=classifier, num_classes=num_classes
+        )
+        for name, value in collapse.items():
+            out[("train", name)] = float(value)
+    return out
+
+
+def final_gram(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """The class-mean Gram ``G_M`` (K×K, float64; NaN rows for absent classes)."""
+    means = class_mean_classifier(features, labels, num_classes).double()
+    return means @ means.T
