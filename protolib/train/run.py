@@ -413,8 +413,7 @@ class _Trainer:
         self.train_seconds = state["train_seconds"]
         self.time_to_fit = state["time_to_fit"]
         self.step = self.last_checkpoint = state["step"]
-        if self.step >= self.prep.total_steps:  # finished training, outputs not yet written
-            self.status = state["status"]
+        self.status = state["status"]  # "running", or how a run whose outputs were cut ended
 
     # -- loop ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
