@@ -2,8 +2,9 @@
 
 ``metrics.parquet`` is long format — one row per run × step × split × metric — with the
 grid keys as real columns. ``geometry.parquet`` holds final K×K matrices in long format
-(one row per entry). The schema name and version are in each file's metadata
-(``protolib.table``, ``protolib.schema_version``).
+(one row per entry); ``gamma.parquet`` histograms of the final γ distributions. The
+schema name and version are in each file's metadata (``protolib.table``,
+``protolib.schema_version``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ GEOMETRY_SCHEMA = _with_metadata(
         pa.field("row", pa.int64(), nullable=False),
         pa.field("col", pa.int64(), nullable=False),
         pa.field("value", pa.float64(), nullable=True),
+    ],
+)
+
+
+GAMMA_SCHEMA = _with_metadata(
+    "gamma",
+    [
+        *GRID_FIELDS,
+        pa.field("distribution", pa.string(), nullable=False),
+        pa.field("lower", pa.float64(), nullable=False),
+        pa.field("upper", pa.float64(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
     ],
 )
 

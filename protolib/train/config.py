@@ -48,6 +48,7 @@ class RunConfig:
     projector_dim: int = 128
     # loss and prototypes (MATH.md §1–2)
     loss: str = "ce"
+    loss_name: str | None = None  # the loss variant's name in results; defaults to loss
     loss_options: dict[str, Any] = field(default_factory=dict)
     n_w: int = 0
     geometry: str = "etf"
@@ -120,7 +121,7 @@ class RunConfig:
     def grid_keys(self) -> dict[str, Any]:
         """The grid coordinates of this run (columns of every results table)."""
         return {
-            "loss": self.loss,
+            "loss": self.loss_name or self.loss,
             "n_w": self.n_w,
             "imbalance_ratio": float(self.imbalance_ratio),
             "label_corruption": float(self.label_corruption),
@@ -143,6 +144,11 @@ class RunConfig:
         if not self.model.startswith("timm:"):
             _check_name("model", self.model, [*MODELS.names(), "timm:<name>"], MODELS.names())
         _check_name("loss", self.loss, LOSSES.names())
+        if self.loss_name is not None and not RUN_ID_PATTERN.match(self.loss_name):
+            raise ConfigError(
+                f"loss_name {self.loss_name!r} must start with a letter or digit and contain "
+                "only letters, digits and . _ = , + -"
+            )
         _check_name("geometry", self.geometry, GEOMETRIES.names())
         _check_choice("projector", self.projector, ("none", "mlp"))
         _check_choice("sampling", self.sampling, SAMPLINGS)

@@ -7,10 +7,14 @@ receives (each file written atomically)::
     data.parquet       the training points used: split index, original and training label
     metrics.parquet    long format, one row per step × split × metric (results.schema)
     geometry.parquet   final class-mean Gram, target Gram, prototype / classifier Gram
-    checkpoint.pt      periodic resume state during the run, the final state at the end
+    gamma.parquet      histograms of the final γ distributions (MATH.md §3)
+    checkpoint.pt      the final state (model, optimiser, loader; weights_only-loadable)
     summary.json       final figures; written last, so its presence marks a finished run
 
-Re-running the same command on the same directory resumes from ``checkpoint.pt`` (the
+While training, ``resume.pt`` holds the periodic state; it is removed at the end. It is
+deliberately not a declared output of the workflow's train rule, so that a workflow
+manager's clean-up of an interrupted job keeps it. Re-running the same command on the
+same directory resumes from ``resume.pt`` (the
 result is bit-identical on the CPU to an uninterrupted run) or, when ``summary.json``
 exists, returns the finished summary without work. SIGTERM or Ctrl-C saves a
 checkpoint and raises :class:`RunInterrupted`.
@@ -46,19 +50,21 @@ from protolib.data import (
     load_dataset,
     step_imbalance,
 )
-from protolib.geometry import GeometryError, make_prototypes, target_gram
+from protolib.geometry import GeometryError, gamma_distributions, make_prototypes, target_gram
 from protolib.io import write_atomic, write_json
 from protolib.losses import Loss, LossNeeds
 from protolib.models import Network, build_backbone
 from protolib.registry import LOSSES, RegistryError
-from protolib.results.schema import GEOMETRY_SCHEMA, METRICS_SCHEMA, write_table
+from protolib.results.schema import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA, write_table
 from protolib.train.config import ConfigError, RunConfig
 from protolib.train.evaluate import embed, evaluate_split_pair, final_gram
 from protolib.train.probe import linear_probe
 from protolib.train.schedule import lr_multiplier
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.pt"  # the final state, a declared output
+RESUME = "resume.pt"  # periodic state while training; removed when the run completes
 SUMMARY = "summary.json"
+GAMMA_BINS = 50
 DIVERGENCE_CHECK_EVERY = 50
 
 
@@ -318,22 +324,29 @@ def train_run(
         config.validate()
     out = Path(out_dir)
     config_dict = config.to_dict()
-    if (out / SUMMARY).exists() or (out / CHECKPOINT).exists():
-        existing = (
-            json.loads((out / "config.json").read_text())
-            if (out / "config.json").exists()
-            else None
-        )
-        if existing != config_dict:
+    if (out / SUMMARY).exists():
+        if _read_json(out / "config.json") != config_dict:
             raise ConfigError(
                 f"{out} already holds a different run; use another --out or delete it"
             )
-        if (out / SUMMARY).exists():
-            return json.loads((out / SUMMARY).read_text())
+        return json.loads((out / SUMMARY).read_text())
+    if (out / RESUME).exists():
+        # the resume state carries its config (a workflow manager may have removed the
+        # declared outputs of the interrupted job, config.json among them)
+        state = torch.load(out / RESUME, map_location="cpu", weights_only=True)
+        if state.get("config") != config_dict:
+            raise ConfigError(
+                f"{out} holds an interrupted run with a different config; "
+                "use another --out or delete it"
+            )
     prep = prepare(config)  # raises before anything is written
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config_dict)
     return _Trainer(prep, out, progress).run()
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 class _Trainer:
@@ -393,13 +406,13 @@ class _Trainer:
             "time_to_fit": self.time_to_fit,
         }
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self, name: str = RESUME) -> None:
         state = self._state()
-        write_atomic(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        write_atomic(self.out / name, lambda tmp: torch.save(state, tmp))
         self.last_checkpoint = self.step
 
     def _restore(self) -> None:
-        path = self.out / CHECKPOINT
+        path = self.out / RESUME
         if not path.exists():
             return
         state = torch.load(path, map_location=self.prep.device, weights_only=True)
@@ -560,9 +573,14 @@ class _Trainer:
         final: dict[str, float] = {}
         probe: dict[str, float] = {}
         gram = None
+        gammas: dict[str, Tensor] = {}
         if self.status == "completed":
             train_f, _, test_f, _ = self._embeddings()
             gram = final_gram(train_f, prep.train_labels, K)
+            if not gram.isnan().any():
+                gammas = gamma_distributions(
+                    train_f, prep.train_labels, classifier=self._classifier(), num_classes=K
+                )
             if prep.needs.head == "none" and config.probe_iterations > 0:
                 probe = linear_probe(
                     train_f,
@@ -598,13 +616,18 @@ class _Trainer:
                 final[f"{split}/{metric}"] = value
         write_table(out / "metrics.parquet", self.rows, METRICS_SCHEMA)
         write_table(out / "geometry.parquet", self._geometry_rows(gram), GEOMETRY_SCHEMA)
+        write_table(out / "gamma.parquet", self._gamma_rows(gammas), GAMMA_SCHEMA)
         self._write_data_table()
-        self._save_checkpoint()
+        self._save_checkpoint(CHECKPOINT)
         images = self.step * config.batch_size * config.views
         summary = {
             "run_id": config.run_id,
             "experiment": config.experiment,
             **config.grid_keys,
+            "loss_type": config.loss,
+            "dataset": config.dataset,
+            "model": config.model,
+            "geometry": config.geometry if prep.prototypes is not None else None,
             "status": self.status,
             "iterations": self.step,
             "epochs": self.step / prep.loader.steps_per_epoch,
@@ -635,6 +658,7 @@ class _Trainer:
             "pid": os.getpid(),
         }
         write_json(out / SUMMARY, summary)
+        (out / RESUME).unlink(missing_ok=True)
         return summary
 
     def _geometry_rows(self, gram: Tensor | None) -> dict[str, list]:
@@ -657,6 +681,20 @@ class _Trainer:
             rows["row"].extend(torch.arange(K).repeat_interleave(K).tolist())
             rows["col"].extend(torch.arange(K).repeat(K).tolist())
             rows["value"].extend(values.flatten().tolist())
+        return rows
+
+    def _gamma_rows(self, gammas: dict[str, Tensor]) -> dict[str, list]:
+        """Histograms of the final γ distributions on ``GAMMA_BINS`` equal bins of [0, 1]."""
+        rows: dict[str, list] = {f.name: [] for f in GAMMA_SCHEMA}
+        edges = torch.linspace(0, 1, GAMMA_BINS + 1, dtype=torch.float64)
+        for name, values in gammas.items():
+            counts = torch.histc(values.double().cpu(), bins=GAMMA_BINS, min=0.0, max=1.0)
+            for key, grid_value in self.grid.items():
+                rows[key].extend([grid_value] * GAMMA_BINS)
+            rows["distribution"].extend([name] * GAMMA_BINS)
+            rows["lower"].extend(edges[:-1].tolist())
+            rows["upper"].extend(edges[1:].tolist())
+            rows["count"].extend(counts.long().tolist())
         return rows
 
     def _write_data_table(self) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from protolib import LOSSES
 from protolib.cli import main as cli_main
-from protolib.results import GEOMETRY_SCHEMA, METRICS_SCHEMA, read_table
+from protolib.results import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA, read_table
 from protolib.train import RunConfig, train_run
 
 QUICK = {
@@ -63,6 +63,7 @@ def test_outputs_are_complete_and_self_describing(tmp_path):
         **QUICK,
         "run_id": "supcon-nw5",
         "loss": "supcon",
+        "loss_name": "supcon_t0.1",
         "n_w": 5,
         "imbalance_ratio": 10,
         "label_corruption": 0.2,
@@ -75,6 +76,7 @@ def test_outputs_are_complete_and_self_describing(tmp_path):
         "checkpoint.pt",
         "config.json",
         "data.parquet",
+        "gamma.parquet",
         "geometry.parquet",
         "metrics.parquet",
         "summary.json",
@@ -84,6 +86,7 @@ def test_outputs_are_complete_and_self_describing(tmp_path):
     assert metrics.schema.equals(METRICS_SCHEMA, check_metadata=True)
     frame = metrics.to_pandas()
     assert set(frame.run_id) == {"supcon-nw5"} and set(frame.n_w) == {5}
+    assert set(frame.loss) == {"supcon_t0.1"} and summary["loss_type"] == "supcon"
     assert set(frame.imbalance_ratio) == {10.0} and set(frame.label_corruption) == {0.2}
     for metric in [
         "loss",
@@ -112,6 +115,9 @@ def test_outputs_are_complete_and_self_describing(tmp_path):
     geometry = read_table(out / "geometry.parquet", GEOMETRY_SCHEMA).to_pandas()
     assert set(geometry.matrix) == {"class_means", "target", "prototypes"}
     assert len(geometry[geometry.matrix == "target"]) == 100
+    gamma = read_table(out / "gamma.parquet", GAMMA_SCHEMA).to_pandas()
+    sizes = gamma.groupby("distribution")["count"].sum().to_dict()
+    assert sizes == {"class_means": 45, "weights": 45, "within": summary["n_train"]}
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 60 and state["status"] == "completed"
     assert summary["status"] == "completed" and summary["iterations"] == 60
@@ -166,7 +172,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, signum):
     out = tmp_path / "killed"
     process = run_cli("--config", str(config_path), "--out", str(out), "--no-progress")
     deadline = time.time() + 120
-    while not (out / "checkpoint.pt").exists():
+    while not (out / "resume.pt").exists():
         assert process.poll() is None, process.communicate()
         assert time.time() < deadline
         time.sleep(0.005)
@@ -179,7 +185,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, signum):
     else:
         assert process.returncode == -signal.SIGKILL
     assert not (out / "summary.json").exists()
-    interrupted_at = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    interrupted_at = torch.load(out / "resume.pt", weights_only=True)["step"]
     assert 0 < interrupted_at < 400
     resumed = run_cli("--config", str(config_path), "--out", str(out), "--no-progress")
     _, stderr = resumed.communicate(timeout=300)
@@ -191,6 +197,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, signum):
     for key in ["time_to_fit", "train_error", "test_accuracy", "probe_accuracy", "delta_g"]:
         assert summary[key] == reference[key], key
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    assert not (out / "resume.pt").exists()
 
 
 BAD = [
