@@ -30,9 +30,7 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 run: $(STAMP)
-	@echo "make run will execute the default Snakemake pipeline (snakemake --cores all all);"
-	@echo "the pipeline is not part of this release yet. Library commands available now:"
-	$(BIN)/protolib list
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all all
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/supcon_prototypes.py

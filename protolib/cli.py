@@ -40,10 +40,19 @@ def _parse_override(text: str) -> tuple[str, object]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from protolib.train import RunConfig, RunInterrupted, train_run
 
+    if args.threads is not None:
+        if args.threads < 1:
+            return _fail("train", f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
     try:
-        data = json.loads(Path(args.config).read_text()) if args.config else {}
+        if args.config == "-":
+            data = json.loads(sys.stdin.read())
+        else:
+            data = json.loads(Path(args.config).read_text()) if args.config else {}
     except FileNotFoundError:
         return _fail("train", f"run config {args.config!r} does not exist")
     except json.JSONDecodeError as error:
@@ -67,6 +76,59 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _query(args: argparse.Namespace) -> int:
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from protolib.io import write_atomic
+    from protolib.results.query import QueryError, format_table, query_arrow
+
+    try:
+        table = query_arrow(args.sql, args.results, args.experiment)
+    except (QueryError, duckdb.Error) as error:  # no results, unknown experiment, bad SQL
+        return _fail("query", str(error))
+    target = args.csv or args.parquet
+    if target is None:
+        print(format_table(table, args.max_rows))
+        return 0
+    try:
+        if args.csv:
+            write_atomic(target, lambda tmp: table.to_pandas().to_csv(tmp, index=False))
+        else:
+            write_atomic(target, lambda tmp: pq.write_table(table, tmp))
+    except (OSError, pa.ArrowException) as error:
+        return _fail("query", f"cannot write {target}: {error}")
+    rows = table.num_rows
+    print(f"wrote {rows} row{'s' if rows != 1 else ''} to {target}")
+    return 0
+
+
+def _aggregate(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from protolib.results.aggregate import AggregateError, aggregate
+
+    try:
+        written = aggregate(args.run_dirs, args.out)
+    except (AggregateError, OSError) as error:
+        return _fail("aggregate", str(error))
+    for path in written.values():
+        rows = pq.read_metadata(path).num_rows
+        print(f"wrote {rows} row{'s' if rows != 1 else ''} to {path}")
+    return 0
+
+
+def _max_rows(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--max-rows expects an integer >= 0, got {text!r}")
+    return value
+
+
 def _fail(command: str, message: str) -> int:
     first = message.strip().splitlines()[0] if message.strip() else "failed"
     print(f"protolib {command}: error: {first}", file=sys.stderr)
@@ -84,7 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train one run into a run directory (resumes when re-run)"
     )
-    train.add_argument("--config", help="run config JSON (defaults for every missing key)")
+    train.add_argument(
+        "--config",
+        help="run config JSON file, or - for standard input (defaults fill every missing key)",
+    )
+    train.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for this process (not part of the run's identity; default: torch's)",
+    )
     train.add_argument("--out", required=True, help="the run directory")
     train.add_argument(
         "--set",
@@ -99,6 +169,33 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--progress", dest="progress", action="store_true", default=None)
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     train.set_defaults(func=_train)
+    query = commands.add_parser(
+        "query",
+        help="run SQL over the aggregated results (views runs, metrics, geometry, gamma)",
+        description="Run SQL over every experiment's aggregate tables: views runs, metrics, "
+        "geometry and gamma, each with an experiment column.",
+    )
+    query.add_argument("sql", help='e.g. "SELECT loss, avg(test_accuracy) FROM runs GROUP BY loss"')
+    query.add_argument("--results", default="results", help="the results folder (default: results)")
+    query.add_argument("--experiment", help="only this experiment (default: all)")
+    output = query.add_mutually_exclusive_group()
+    output.add_argument("--csv", metavar="PATH", help="write the result as CSV instead")
+    output.add_argument("--parquet", metavar="PATH", help="write the result as Parquet instead")
+    query.add_argument(
+        "--max-rows",
+        type=_max_rows,
+        default=50,
+        metavar="N",
+        help="rows to print (default: 50)",
+    )
+    query.set_defaults(func=_query)
+    agg = commands.add_parser(
+        "aggregate",
+        help="compact run directories into runs/metrics/geometry/gamma.parquet",
+    )
+    agg.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
+    agg.add_argument("--out", required=True, help="the aggregate folder to write")
+    agg.set_defaults(func=_aggregate)
     return parser
 
 

@@ -1,0 +1,20 @@
+# protolib — the benchmark pipeline. Thin: configuration, includes and the target.
+#   snakemake --cores N all              one machine
+#   snakemake --profile slurm all        a SLURM cluster (resources live in the profile)
+# Every rule calls into the protolib package; see workflow/rules/*.smk.
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/tracking.smk"
+
+
+rule all:
+    input:
+        [report_outputs(experiment) for experiment in RUNS],
+        [tracking_marker(experiment) for experiment in RUNS],
+    default_target: True

@@ -1,0 +1,338 @@
+"""The report: plots and tables drawn from the aggregate of tiny real runs."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from protolib.results import plots, tables
+from protolib.results.aggregate import aggregate
+from protolib.results.report import (
+    CAPTIONS,
+    PLOTS,
+    TABLES,
+    make_report,
+    read_aggregate,
+    report_files,
+)
+from protolib.train import train_run
+
+QUICK = {"iterations": 40, "eval_every": 20, "probe_iterations": 10, "threads": 1}
+KEYS = ["loss", "n_w", "imbalance_ratio", "label_corruption"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def grid() -> list[dict]:
+    """ce and supcon × p ∈ {0, 0.2} × 2 seeds at R = 1, and supcon n_w ∈ {0, 10} at R = 1, 10."""
+    points = [
+        {"loss": loss, "n_w": 0, "imbalance_ratio": 1, "label_corruption": p, "seed": seed}
+        for loss, p, seed in itertools.product(["ce", "supcon"], [0.0, 0.2], [0, 1])
+    ]
+    points += [
+        {"loss": "supcon", "n_w": n_w, "imbalance_ratio": ratio, "label_corruption": 0.0, "seed": 0}
+        for n_w, ratio in [(10, 1), (0, 10), (10, 10)]
+    ]
+    return points
+
+
+def run_id(point: dict) -> str:
+    return (
+        f"{point['loss']}_nw{point['n_w']}_R{point['imbalance_ratio']}"
+        f"_p{point['label_corruption']}_s{point['seed']}"
+    )
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    run_dirs = []
+    for point in grid():
+        out = root / "runs" / run_id(point)
+        train_run({**QUICK, **point, "run_id": run_id(point)}, out, progress=False)
+        run_dirs.append(out)
+    aggregate(run_dirs, root / "aggregate")
+    written = make_report(root / "aggregate", root / "report")
+    return SimpleNamespace(
+        root=root,
+        run_dirs=run_dirs,
+        aggregate=root / "aggregate",
+        out=root / "report",
+        written=written,
+        frames=read_aggregate(root / "aggregate"),
+    )
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def assert_valid_png(path: Path, *, min_bytes: int = 0) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > min_bytes, (path, len(data))
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert float(image[..., :3].var()) > 1e-3, f"{path} is (nearly) a single colour"
+
+
+# -- files -----------------------------------------------------------------------------
+def test_report_writes_exactly_the_declared_files(experiment):
+    declared = report_files(experiment.out)
+    assert len(declared) == len(set(declared)) == len(PLOTS) + 3 * len(TABLES)
+    assert set(experiment.written.values()) == set(declared)
+    assert files_under(experiment.out) == set(declared)  # no temporary files left behind
+    for key, path in experiment.written.items():
+        assert path == experiment.out / key
+
+
+def test_every_plot_is_a_valid_nontrivial_png(experiment):
+    for name in PLOTS:
+        assert_valid_png(experiment.out / "plots" / f"{name}.png", min_bytes=10_000)
+
+
+def test_captions_cover_every_plot_and_table_and_are_valid_rst():
+    expected = {f"plots/{n}" for n in PLOTS} | {f"tables/{n}" for n in TABLES}
+    assert set(CAPTIONS) == expected
+    core = pytest.importorskip("docutils.core")
+    for key, text in CAPTIONS.items():
+        warnings = io.StringIO()
+        core.publish_doctree(
+            text, settings_overrides={"warning_stream": warnings, "report_level": 1}
+        )
+        assert warnings.getvalue() == "", (key, warnings.getvalue())
+
+
+# -- tables ----------------------------------------------------------------------------
+def table_lines(experiment, name: str) -> tuple[pd.DataFrame, str, str]:
+    folder = experiment.out / "tables"
+    csv = pd.read_csv(folder / f"{name}.csv")
+    return csv, (folder / f"{name}.md").read_text(), (folder / f"{name}.tex").read_text()
+
+
+def row_prefixes(key: tuple) -> tuple[str, str]:
+    loss, n_w, ratio, p = key
+    return f"| {loss} | {n_w} | {ratio:g} | {p:g} | ", f"{loss} & {n_w} & {ratio:g} & {p:g} & "
+
+
+def line_starting(text: str, prefix: str) -> str:
+    found = [line for line in text.splitlines() if line.startswith(prefix)]
+    assert len(found) == 1, (prefix, text)
+    return found[0]
+
+
+def formatted(mean: float, std: float, decimals: int = 3) -> tuple[str, str]:
+    if math.isnan(std):
+        return f"{mean:.{decimals}f}", f"{mean:.{decimals}f}"
+    return (
+        f"{mean:.{decimals}f} ± {std:.{decimals}f}",
+        f"{mean:.{decimals}f} $\\pm$ {std:.{decimals}f}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "figure"), [("accuracy", "test_accuracy"), ("delta_g", "delta_g")]
+)
+def test_mean_std_tables_equal_a_groupby_over_seeds(experiment, name, figure):
+    runs = experiment.frames["runs"]
+    expected = runs.groupby(KEYS)[figure].agg(["mean", "std", "size"])
+    csv, markdown, latex = table_lines(experiment, name)
+    assert len(csv) == len(expected) == 7
+    got = csv.set_index(KEYS)
+    for key, row in expected.iterrows():
+        assert got.loc[key, f"{figure}_mean"] == pytest.approx(row["mean"], rel=1e-12)
+        if math.isnan(row["std"]):
+            assert math.isnan(got.loc[key, f"{figure}_std"])
+        else:
+            assert got.loc[key, f"{figure}_std"] == pytest.approx(row["std"], rel=1e-9)
+        assert got.loc[key, "n_seeds"] == row["size"]
+        md_text, tex_text = formatted(row["mean"], row["std"])
+        md_prefix, tex_prefix = row_prefixes(key)
+        assert md_text in line_starting(markdown, md_prefix)
+        assert tex_text in line_starting(latex, tex_prefix)
+    # two seeds per balanced grid point
+    assert set(expected.loc[("ce", 0, 1.0)]["size"]) == {2}
+
+
+def test_accuracy_table_reports_probe_accuracy_for_headless_losses(experiment):
+    table = tables.accuracy_table(experiment.frames["runs"]).set_index(KEYS)
+    assert (
+        table.loc[("ce", 0, 1.0, 0.0), "probe_accuracy_mean"]
+        != table.loc[("ce", 0, 1.0, 0.0), "probe_accuracy_mean"]
+    )  # NaN: CE has a head, no probe
+    assert 0 < table.loc[("supcon", 0, 1.0, 0.0), "probe_accuracy_mean"] <= 1
+
+
+def test_time_to_fit_table_averages_fitted_runs_and_counts_them(experiment):
+    runs = experiment.frames["runs"]
+    csv, markdown, latex = table_lines(experiment, "time_to_fit")
+    got = csv.set_index(KEYS)
+    groups: dict[tuple, list] = {}
+    for record in runs.to_dict("records"):
+        groups.setdefault(tuple(record[k] for k in KEYS), []).append(record)
+    assert len(groups) == len(csv)
+    saw_fitted = saw_missed = False
+    for key, records in groups.items():
+        fitted = [r["time_to_fit"] for r in records if not pd.isna(r["time_to_fit"])]
+        label = f"{len(fitted)}/{len(records)}"
+        assert got.loc[key, "fitted"] == label
+        assert got.loc[key, "budget"] == max(r["iterations"] for r in records)
+        md_line = line_starting(markdown, row_prefixes(key)[0])
+        tex_line = line_starting(latex, row_prefixes(key)[1])
+        assert f"| {label} |" in md_line and f"& {label} &" in tex_line
+        if fitted:
+            saw_fitted = True
+            assert got.loc[key, "time_to_fit_mean"] == pytest.approx(statistics.mean(fitted))
+            text = f"{statistics.mean(fitted):.0f}"
+            assert text in md_line and text in tex_line
+        else:
+            saw_missed = True
+            assert math.isnan(got.loc[key, "time_to_fit_mean"])
+            assert "| — |" in md_line and "& -- &" in tex_line
+    assert saw_missed  # label corruption 0.2 is not fitted in 40 iterations
+    assert saw_fitted or runs["time_to_fit"].isna().all()
+
+
+def test_write_table_formats_and_escapes(tmp_path):
+    df = pd.DataFrame(
+        {
+            "loss": ["ce_fix", "supcon"],
+            "n_w": [0, 100],
+            "imbalance_ratio": [1.0, 10.0],
+            "label_corruption": [0.0, 0.25],
+            "test_accuracy_mean": [0.91234, 0.5],
+            "test_accuracy_std": [0.00421, float("nan")],
+            "n_seeds": [3, 1],
+        }
+    )
+    csv, md, tex = tables.write_table(df, tmp_path / "out" / "acc.v1")
+    assert [p.name for p in (csv, md, tex)] == ["acc.v1.csv", "acc.v1.md", "acc.v1.tex"]
+    pd.testing.assert_frame_equal(pd.read_csv(csv), df, check_dtype=False)
+    markdown = md.read_text()
+    assert "| ce_fix | 0 | 1 | 0 | 0.912 ± 0.004 | 3 |" in markdown
+    assert "| supcon | 100 | 10 | 0.25 | 0.500 | 1 |" in markdown
+    assert markdown.splitlines()[1] == "|:---|---:|---:|---:|---:|---:|"
+    latex = tex.read_text()
+    assert r"ce\_fix & 0 & 1 & 0 & 0.912 $\pm$ 0.004 & 3 \\" in latex
+    assert r"loss & $n_w$ & $R$ & $p$ & test accuracy & seeds \\" in latex
+    assert latex.startswith(r"\begin{tabular}{lrrrrr}") and "ce_fix" not in latex
+    assert files_under(tmp_path / "out") == {csv, md, tex}
+
+
+# -- Gram selection --------------------------------------------------------------------
+def test_select_gram_runs_follows_the_documented_rule():
+    rows = [
+        # loss, n_w, R, p, seed, status
+        ("supcon", 0, 100, 0.0, 0, "completed"),
+        ("supcon", 100, 100, 0.0, 2, "completed"),
+        ("supcon", 100, 100, 0.0, 1, "completed"),  # <- largest R, p 0, largest n_w, seed 1
+        ("supcon", 100, 100, 0.2, 0, "completed"),
+        ("supcon", 200, 10, 0.0, 0, "completed"),
+        ("bcl", 10, 10, 0.3, 0, "completed"),  # no p = 0 at R = 10: smallest p
+        ("bcl", 10, 10, 0.1, 3, "completed"),  # <-
+        ("bcl", 10, 1, 0.0, 0, "completed"),
+        ("ce", 0, 10, 0.0, 0, "diverged"),
+        ("ce", 0, 10, 0.0, 1, "completed"),  # <- completed runs first
+    ]
+    runs = pd.DataFrame(
+        rows, columns=["loss", "n_w", "imbalance_ratio", "label_corruption", "seed", "status"]
+    )
+    runs["run_id"] = [f"r{i}" for i in range(len(runs))]
+    assert plots.select_gram_runs(runs) == ["r6", "r9", "r2"]  # losses alphabetically
+    many = pd.DataFrame(
+        {
+            "loss": [f"loss{i}" for i in range(8)],
+            "n_w": 0,
+            "imbalance_ratio": 1.0,
+            "label_corruption": 0.0,
+            "seed": 0,
+            "status": "completed",
+            "run_id": [f"id{i}" for i in range(8)],
+        }
+    )
+    assert plots.select_gram_runs(many) == [f"id{i}" for i in range(6)]
+    assert plots.select_gram_runs(many.iloc[:0]) == []
+
+
+def test_default_gram_runs_of_the_experiment(experiment):
+    chosen = plots.select_gram_runs(experiment.frames["runs"])
+    assert chosen == ["ce_nw0_R1_p0.0_s0", "supcon_nw10_R10_p0.0_s0"]
+
+
+def test_gram_heatmaps_take_explicit_runs_and_reject_unknown_ones(experiment, tmp_path):
+    frames = experiment.frames
+    ids = ["supcon_nw0_R1_p0.0_s1", "ce_nw0_R1_p0.2_s1", "supcon_nw0_R10_p0.0_s0"]
+    path = plots.plot_gram_heatmaps(
+        frames["geometry"], frames["runs"], tmp_path / "g.png", run_ids=ids
+    )
+    assert_valid_png(path, min_bytes=10_000)
+    with pytest.raises(ValueError, match=r"unknown run id.*nope"):
+        plots.plot_gram_heatmaps(
+            frames["geometry"], frames["runs"], tmp_path / "x.png", run_ids=["nope"]
+        )
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_normalised_grams_match_the_recorded_delta_g(experiment):
+    frames = experiment.frames
+    for run in frames["runs"].itertuples():
+        learned = plots.long_matrix(frames["geometry"], run.run_id, "class_means")
+        target = plots.long_matrix(frames["geometry"], run.run_id, "target")
+        diff = learned / np.linalg.norm(learned) - target / np.linalg.norm(target)
+        assert np.linalg.norm(diff) == pytest.approx(run.delta_g, abs=1e-4)
+
+
+def test_number_of_classes_from_class_mean_pairs():
+    assert plots.classes_from_pairs(45) == 10
+    assert plots.classes_from_pairs(4950) == 100
+    assert plots.classes_from_pairs(44) is None
+
+
+# -- degenerate input ------------------------------------------------------------------
+@pytest.mark.parametrize("count", [1, 0])
+def test_report_of_one_run_or_none_still_writes_every_file(experiment, tmp_path, count):
+    aggregate(experiment.run_dirs[:count], tmp_path / "aggregate")
+    written = make_report(tmp_path / "aggregate", tmp_path / "report")
+    assert files_under(tmp_path / "report") == set(report_files(tmp_path / "report"))
+    assert set(written.values()) == set(report_files(tmp_path / "report"))
+    for name in PLOTS:
+        assert_valid_png(tmp_path / "report" / "plots" / f"{name}.png")
+    accuracy = pd.read_csv(tmp_path / "report" / "tables" / "accuracy.csv")
+    assert len(accuracy) == count
+
+
+def test_plots_survive_missing_metrics_and_single_values(experiment, tmp_path):
+    frames = experiment.frames
+    runs, metrics, gamma = frames["runs"], frames["metrics"], frames["gamma"]
+    balanced_clean = runs[(runs["imbalance_ratio"] == 1) & (runs["label_corruption"] == 0)]
+    cases = {
+        "no_delta_g": lambda p: plots.plot_delta_g(metrics[metrics["metric"] != "delta_g"], p),
+        "one_step": lambda p: plots.plot_delta_g(metrics[metrics["step"] == 40], p),
+        "one_p": lambda p: plots.plot_time_to_fit(balanced_clean, p),
+        "no_balanced": lambda p: plots.plot_time_to_fit(runs[runs["imbalance_ratio"] > 1], p),
+        "one_ratio": lambda p: plots.plot_accuracy_vs_imbalance(balanced_clean, p),
+        "no_accuracy": lambda p: plots.plot_accuracy_vs_imbalance(
+            runs.assign(test_accuracy=float("nan")), p
+        ),
+        "no_weights": lambda p: plots.plot_gamma(
+            gamma[gamma["distribution"] != "weights"], runs, p, num_classes=None
+        ),
+        "no_geometry": lambda p: plots.plot_gram_heatmaps(frames["geometry"].iloc[:0], runs, p),
+    }
+    for name, draw in cases.items():
+        path = draw(tmp_path / f"{name}.png")
+        assert path == tmp_path / f"{name}.png"
+        assert_valid_png(path)
+
+
+def test_make_report_names_a_missing_aggregate(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"runs\.parquet is missing"):
+        make_report(tmp_path / "nothing", tmp_path / "report")

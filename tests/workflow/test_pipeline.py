@@ -1,0 +1,264 @@
+"""The Snakemake pipeline, run for real (CLI in a subprocess) on a tiny config."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from protolib.results.aggregate import RUNS_SCHEMA
+from protolib.results.report import report_files
+from protolib.results.schema import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA, read_table
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+TINY_BASE = {
+    "dataset": "digits",
+    "model": "mlp",
+    "model_options": {"widths": [64], "out_dim": 16},
+    "iterations": 20,
+    "eval_every": 10,
+    "batch_size": 64,
+    "probe_iterations": 5,
+}
+
+
+def tiny_config(**extra):
+    config = {
+        "experiments": {
+            "tiny": {
+                "base": dict(TINY_BASE),
+                "losses": {"ce": {"loss": "ce"}, "supcon": {"loss": "supcon"}},
+                "grid": {"n_w": [0, 5], "label_corruption": [0.0, 0.5], "seed": [0]},
+            }
+        }
+    }
+    config.update(extra)
+    return config
+
+
+EXPECTED_RUNS = {
+    "ce_R1_p0_s0",
+    "ce_R1_p0.5_s0",
+    "supcon_nw0_R1_p0_s0",
+    "supcon_nw0_R1_p0.5_s0",
+    "supcon_nw5_R1_p0_s0",
+    "supcon_nw5_R1_p0.5_s0",
+}
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [
+            str(BIN / "snakemake"),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--cores",
+            "2",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1]
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
+    }
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """One real run of the whole DAG on the tiny config."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config()))
+    dry = snakemake(workdir, "-n", "all")
+    assert dry.returncode == 0, dry.stderr
+    assert not (workdir / "results").exists()
+    real = snakemake(workdir, "all")
+    assert real.returncode == 0, real.stderr[-3000:]
+    return workdir, dry, real
+
+
+def test_dry_run_lists_the_expected_jobs(pipeline):
+    _, dry, _ = pipeline
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts == {"train": 6, "aggregate": 1, "report": 1, "tracking": 1, "all": 1}
+    listed = set(re.findall(r"runs/([^/\s]+)/summary\.json", dry.stdout + dry.stderr))
+    assert listed == EXPECTED_RUNS  # n_w is not expanded for ce
+
+
+def test_aggregate_has_declared_schemas_and_every_run(pipeline):
+    workdir, _, _ = pipeline
+    aggregate = workdir / "results" / "tiny" / "aggregate"
+    runs = read_table(aggregate / "runs.parquet", RUNS_SCHEMA)
+    assert runs.schema.equals(RUNS_SCHEMA, check_metadata=True)
+    frame = runs.to_pandas()
+    assert set(frame.run_id) == EXPECTED_RUNS
+    assert (frame.status == "completed").all()
+    for name, schema in [
+        ("metrics", METRICS_SCHEMA),
+        ("geometry", GEOMETRY_SCHEMA),
+        ("gamma", GAMMA_SCHEMA),
+    ]:
+        table = read_table(aggregate / f"{name}.parquet", schema)
+        assert table.schema.equals(schema, check_metadata=True)
+        assert set(table.column("run_id").to_pylist()) == EXPECTED_RUNS
+    # grid keys are real columns with the right values
+    row = frame.set_index("run_id").loc["supcon_nw5_R1_p0.5_s0"]
+    assert (row.loss, row.n_w, row.label_corruption, row.seed) == ("supcon", 5, 0.5, 0)
+    # each run directory is complete, with its train log
+    for run_id in EXPECTED_RUNS:
+        run = workdir / "results" / "tiny" / "runs" / run_id
+        assert (run / "summary.json").exists() and not (run / "resume.pt").exists()
+        assert (
+            workdir / "results" / "tiny" / "logs" / "train" / f"{run_id}.log"
+        ).stat().st_size > 0
+
+
+def test_every_plot_and_table_is_produced(pipeline):
+    workdir, _, _ = pipeline
+    for path in report_files(workdir / "results" / "tiny" / "report"):
+        assert Path(path).exists() and Path(path).stat().st_size > 0, path
+
+
+def test_mlflow_store_has_one_child_per_grid_point(pipeline):
+    from mlflow.tracking import MlflowClient
+
+    workdir, _, _ = pipeline
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("protolib/tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    children = [r for r in runs if "protolib.run_id" in r.data.tags]
+    parents = [r for r in runs if "protolib.run_id" not in r.data.tags]
+    assert len(parents) == 1
+    assert sorted(r.data.tags["protolib.run_id"] for r in children) == sorted(EXPECTED_RUNS)
+    marker = json.loads((workdir / "results" / "tiny" / "tracking.json").read_text())
+    assert marker["experiment"] == "tiny"
+
+
+def test_rerun_is_a_noop_and_tracking_rerun_creates_no_duplicates(pipeline):
+    from mlflow.tracking import MlflowClient
+
+    workdir, _, _ = pipeline
+    again = snakemake(workdir, "all")
+    assert again.returncode == 0, again.stderr
+    assert "Nothing to be done" in again.stdout + again.stderr
+    forced = snakemake(workdir, "--forcerun", "tracking", "all")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert job_counts(forced.stdout + forced.stderr) == {"tracking": 1, "all": 1}
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("protolib/tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert len(runs) == 1 + len(EXPECTED_RUNS)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda c: c["experiments"]["tiny"]["losses"]["ce"].update(loss="supcn"),
+            "config: experiments.tiny.losses.ce.loss: 'supcn' is not allowed; "
+            "allowed: bcl, ce, ce_fix",
+        ),
+        (
+            lambda c: c["experiments"]["tiny"]["grid"].update(label_corruption=[0.2, 1.5]),
+            "config: experiments.tiny.grid.label_corruption.1: "
+            "1.5 is greater than the maximum of 1",
+        ),
+        (
+            lambda c: c["experiments"]["tiny"]["grid"].update(imbalance_ratio=[0.5]),
+            "config: experiments.tiny.grid.imbalance_ratio.0: 0.5 is less than the minimum of 1",
+        ),
+        (
+            lambda c: c["experiments"]["tiny"]["grid"].update(n_w=[-1]),
+            "config: experiments.tiny.grid.n_w.0: -1 is less than the minimum of 0",
+        ),
+        (
+            lambda c: c["experiments"]["tiny"]["grid"].update(sed=[0]),
+            "config: experiments.tiny.grid: "
+            "Additional properties are not allowed ('sed' was unexpected)",
+        ),
+        (
+            lambda c: c["experiments"]["tiny"]["base"].update(model="resnet"),
+            "config: experiments.tiny.losses.ce: unknown model 'resnet'; known:",
+        ),
+        (
+            lambda c: c.update(plugins=["no_such_module_xyz"]),
+            "config: plugins: plugin module 'no_such_module_xyz' could not be imported",
+        ),
+    ],
+)
+def test_bad_config_fails_with_one_line_and_writes_nothing(tmp_path, mutate, message):
+    config = tiny_config()
+    mutate(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "all", timeout=120)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("protolib: ")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_plugin_loss_runs_alongside_the_builtin_ones(tmp_path):
+    (tmp_path / "my_test_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            import torch.nn.functional as F
+            from protolib.losses import Loss, LossNeeds
+            from protolib.registry import LOSSES
+
+
+            @LOSSES.register("cosine_margin")
+            class CosineMargin(Loss):
+                needs = LossNeeds(head="none", normalized=True, prototypes="yes")
+
+                def __init__(self, *, prototypes, margin=0.5):
+                    super().__init__(prototypes=prototypes)
+                    self.margin = margin
+
+                def forward(self, features, labels, *, logits=None):
+                    cos = F.normalize(features, dim=-1) @ self.prototypes.T
+                    own = cos.gather(1, labels[:, None]).squeeze(1)
+                    return {"loss": F.relu(self.margin - own).mean()}
+            """
+        )
+    )
+    config = tiny_config(plugins=["my_test_plugin"])
+    config["experiments"]["tiny"]["losses"] = {
+        "ce": {"loss": "ce"},
+        "margin": {"loss": "cosine_margin", "loss_options": {"margin": 0.8}},
+    }
+    config["experiments"]["tiny"]["grid"] = {"seed": [0]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "results/tiny/aggregate/runs.parquet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = pd.read_parquet(tmp_path / "results" / "tiny" / "aggregate" / "runs.parquet")
+    assert sorted(runs.run_id) == ["ce_R1_p0_s0", "margin_R1_p0_s0"]
+    assert runs.set_index("run_id").loc["margin_R1_p0_s0", "loss_type"] == "cosine_margin"
+
+
+def test_report_captions_match_the_library():
+    from protolib.results.report import CAPTIONS
+
+    folder = ROOT / "workflow" / "report"
+    files = {p.stem: p.read_text() for p in folder.glob("*.rst")}
+    assert files == {key.replace("/", "_"): text.rstrip() + "\n" for key, text in CAPTIONS.items()}
