@@ -3,7 +3,11 @@
 #   snakemake --profile slurm all        a SLURM cluster (resources live in the profile)
 # Every rule calls into the protolib package; see workflow/rules/*.smk.
 
-configfile: "config.yaml"
+# config.yaml is the default; `--configfile PRESET` replaces it (rather than adding the
+# preset's experiments to the default ones).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"

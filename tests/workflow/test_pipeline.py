@@ -262,3 +262,52 @@ def test_report_captions_match_the_library():
     folder = ROOT / "workflow" / "report"
     files = {p.stem: p.read_text() for p in folder.glob("*.rst")}
     assert files == {key.replace("/", "_"): text.rstrip() + "\n" for key, text in CAPTIONS.items()}
+
+
+def test_a_failing_tracking_server_fails_the_rule_and_loses_nothing(pipeline):
+    import socket
+
+    workdir, _, _ = pipeline
+    aggregate = workdir / "results" / "tiny" / "aggregate"
+    before = {p.name: p.read_bytes() for p in aggregate.iterdir()}
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    failed = snakemake(
+        workdir,
+        "--forcerun",
+        "tracking",
+        "all",
+        "--config",
+        f"tracking_uri=http://127.0.0.1:{port}",
+    )
+    assert failed.returncode != 0
+    assert f"MLflow tracking server at http://127.0.0.1:{port} is unreachable" in failed.stderr
+    assert {p.name: p.read_bytes() for p in aggregate.iterdir()} == before
+    assert all(
+        (workdir / "results" / "tiny" / "runs" / r / "summary.json").exists() for r in EXPECTED_RUNS
+    )
+    # once the server is back (here: the default store), re-running completes the sync
+    again = snakemake(workdir, "all")
+    assert again.returncode == 0, again.stderr[-3000:]
+    marker = json.loads((workdir / "results" / "tiny" / "tracking.json").read_text())
+    assert marker["created"] + marker["updated"] == 0 and marker["unchanged"] == len(EXPECTED_RUNS)
+
+
+@pytest.mark.parametrize(
+    ("preset", "train_jobs", "experiments"),
+    [("sc_vs_ce.yaml", 4 * 3 * 11 * 3, 4), ("prototypes.yaml", 2 * 4 * 2 * 3 + 3 * 2 * 3, 2)],
+)
+def test_study_presets_plan_their_published_grids(tmp_path, preset, train_jobs, experiments):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config()))
+    result = snakemake(tmp_path, "-n", "all", "--configfile", str(ROOT / "configs" / preset))
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts == {
+        "train": train_jobs,
+        "aggregate": experiments,
+        "report": experiments,
+        "tracking": experiments,
+        "all": 1,
+    }
+    assert not (tmp_path / "results").exists()
