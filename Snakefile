@@ -15,10 +15,12 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/tracking.smk"
+include: "workflow/rules/theory.smk"
 
 
 rule all:
     input:
         [report_outputs(experiment) for experiment in RUNS],
         [tracking_marker(experiment) for experiment in RUNS],
+        rules.theory.output,
     default_target: True

@@ -101,7 +101,7 @@ def pipeline(tmp_path_factory):
 def test_dry_run_lists_the_expected_jobs(pipeline):
     _, dry, _ = pipeline
     counts = job_counts(dry.stdout + dry.stderr)
-    assert counts == {"train": 6, "aggregate": 1, "report": 1, "tracking": 1, "all": 1}
+    assert counts == {"train": 6, "aggregate": 1, "report": 1, "tracking": 1, "theory": 1, "all": 1}
     listed = set(re.findall(r"runs/([^/\s]+)/summary\.json", dry.stdout + dry.stderr))
     assert listed == EXPECTED_RUNS  # n_w is not expanded for ce
 
@@ -308,6 +308,23 @@ def test_study_presets_plan_their_published_grids(tmp_path, preset, train_jobs, 
         "aggregate": experiments,
         "report": experiments,
         "tracking": experiments,
+        "theory": 1,
         "all": 1,
     }
     assert not (tmp_path / "results").exists()
+
+
+def test_theory_target_writes_bounds_simulations_and_plots(pipeline):
+    from protolib.theory.report import THEORY_FILES
+
+    workdir, _, _ = pipeline
+    theory = workdir / "results" / "theory"
+    for name in THEORY_FILES:
+        assert (theory / name).stat().st_size > 0, name
+    bounds = pd.read_parquet(theory / "bounds.parquet")
+    cifar10 = bounds[(bounds.bound == "supcon_theorem2") & (bounds.setting == "cifar10")]
+    assert 800 < cifar10.value.iloc[0] < 850
+    ufm = pd.read_parquet(theory / "ufm.parquet")
+    gaps = ufm[ufm.quantity == "gap"].value
+    assert (gaps >= -1e-9).all()
+    assert "Theorem 2" in (theory / "bounds_vs_attained.md").read_text()
