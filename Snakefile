@@ -1,6 +1,6 @@
 # protolib — the benchmark pipeline. Thin: configuration, includes and the target.
 #   snakemake --cores N all              one machine
-#   snakemake --profile slurm all        a SLURM cluster (resources live in the profile)
+#   snakemake --profile PROFILE all      a cluster: resources (threads, GPUs, partitions) live in profiles
 # Every rule calls into the protolib package; see workflow/rules/*.smk.
 
 # config.yaml is the default; `--configfile PRESET` replaces it (rather than adding the
