@@ -65,16 +65,23 @@ def _resolve_num_classes(labels: Tensor, num_classes: int | None) -> int:
     return num_classes
 
 
-def class_means(features: Tensor, labels: Tensor, num_classes: int | None = None) -> Tensor:
+def class_means(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int | None = None,
+    *,
+    allow_missing: bool = False,
+) -> Tensor:
     """Un-centred class means ``μ_c = mean_{i: y_i = c} h_i`` (MATH.md §3).
 
     features (n, d), labels (n,) integer → (K, d) float64, row c = μ_c. ``num_classes``
-    defaults to ``labels.max() + 1``; every class needs at least one sample.
+    defaults to ``labels.max() + 1``; every class needs at least one sample, unless
+    ``allow_missing``, which gives a row of NaN for a class without samples.
     """
     labels = _check_features_labels(features, labels)
     K = _resolve_num_classes(labels, num_classes)
     counts = torch.bincount(labels, minlength=K)
-    missing = (counts == 0).nonzero().flatten().tolist()
+    missing = [] if allow_missing else (counts == 0).nonzero().flatten().tolist()
     if missing:
         named = ", ".join(str(c) for c in missing[:_MAX_NAMED])
         if len(missing) > _MAX_NAMED:
@@ -84,7 +91,7 @@ def class_means(features: Tensor, labels: Tensor, num_classes: int | None = None
     h = features.double()
     sums = torch.zeros(K, h.shape[1], dtype=torch.float64, device=h.device)
     sums.index_add_(0, labels.to(h.device), h)
-    return sums / counts.to(sums)[:, None]
+    return sums / counts.to(sums)[:, None]  # 0/0 = NaN for an absent class
 
 
 def class_mean_gram(features: Tensor, labels: Tensor, num_classes: int | None = None) -> Tensor:

@@ -13,7 +13,7 @@ Spread over seeds is always the min–max band; individual seeds are faint point
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -121,6 +121,18 @@ def _draw_series(ax: Axes, stats: pd.DataFrame, x: str, color, label: str) -> No
         ax.fill_between(stats[x], stats["low"], stats["high"], color=color, alpha=0.15, lw=0)
 
 
+def _each_series(ax: Axes, data: pd.DataFrame, x: str, y: str) -> Iterator[tuple]:
+    """Draw one mean-over-seeds line with its spread per (loss, n_w) of ``data``; yield
+    each series' rows and colour so the caller can add its own marks."""
+    series = _series(data)
+    colors = _colors(series)
+    for loss, n_w in series:
+        sub = data[(data["loss"] == loss) & (data["n_w"] == n_w)]
+        color = colors[(loss, n_w)]
+        _draw_series(ax, _seed_stats(sub, x, y), x, color, series_label(loss, n_w))
+        yield sub, color
+
+
 def _empty_figure(path: str | Path, title: str, text: str) -> Path:
     fig = _figure(7, 4.5)
     ax = fig.add_subplot()
@@ -152,13 +164,7 @@ def plot_time_to_fit(runs: pd.DataFrame, path: str | Path) -> Path:
 
     fig = _figure(7.5, 4.8)
     ax = fig.add_subplot()
-    series = _series(data)
-    colors = _colors(series)
-    for loss, n_w in series:
-        sub = data[(data["loss"] == loss) & (data["n_w"] == n_w)]
-        color = colors[(loss, n_w)]
-        stats = _seed_stats(sub, "label_corruption", "y")
-        _draw_series(ax, stats, "label_corruption", color, series_label(loss, n_w))
+    for sub, color in _each_series(ax, data, "label_corruption", "y"):
         hit, miss = sub[sub["reached"]], sub[~sub["reached"]]
         ax.scatter(hit["label_corruption"], hit["y"], s=16, color=color, alpha=0.4, lw=0)
         ax.scatter(
@@ -461,13 +467,7 @@ def plot_accuracy_vs_imbalance(runs: pd.DataFrame, path: str | Path) -> Path:
         return _empty_figure(path, title, "no runs with a test accuracy")
     fig = _figure(7.5, 4.8)
     ax = fig.add_subplot()
-    series = _series(data)
-    colors = _colors(series)
-    for loss, n_w in series:
-        sub = data[(data["loss"] == loss) & (data["n_w"] == n_w)]
-        color = colors[(loss, n_w)]
-        stats = _seed_stats(sub, "imbalance_ratio", "test_accuracy")
-        _draw_series(ax, stats, "imbalance_ratio", color, series_label(loss, n_w))
+    for sub, color in _each_series(ax, data, "imbalance_ratio", "test_accuracy"):
         ax.scatter(sub["imbalance_ratio"], sub["test_accuracy"], s=16, color=color, alpha=0.4)
     ratios = sorted(float(r) for r in data["imbalance_ratio"].unique())
     if ratios[-1] / ratios[0] > 10:

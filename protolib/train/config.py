@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protolib.registry import DATASETS, GEOMETRIES, LOSSES, MODELS, RegistryError, load_plugins
+from protolib.registry import DATASETS, GEOMETRIES, LOSSES, MODELS, load_plugins
 
 SCHEDULES = ("constant", "step", "cosine", "poly")
 SAMPLINGS = ("epoch", "replacement")
@@ -270,4 +270,4 @@ def _losses_with_n_w() -> list[str]:
     return [name for name in LOSSES.names() if LOSSES.get(name).needs.prototypes == "optional"]
 
 
-__all__ = ["ConfigError", "RegistryError", "RunConfig"]
+__all__ = ["ConfigError", "RunConfig"]

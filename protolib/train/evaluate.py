@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from protolib.geometry import (
+    class_means,
     delta_g_from_gram,
     gamma_distributions,
     neural_collapse,
@@ -52,11 +53,8 @@ def embed(
 def class_mean_classifier(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """Rows are the un-centred class means of the training embeddings (MATH.md §7a);
     a class without samples gets a row of NaN (it is never predicted)."""
-    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
-    sums.index_add_(0, labels, features)
-    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
-    means = sums / counts.unsqueeze(1)
-    return means.masked_fill(counts.unsqueeze(1) == 0, float("nan"))
+    means = class_means(features, labels, num_classes, allow_missing=True)
+    return means.to(features.dtype)
 
 
 def predict(features: Tensor, weight: Tensor) -> Tensor:
@@ -119,5 +117,5 @@ def evaluate_split_pair(
 
 def final_gram(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """The class-mean Gram ``G_M`` (K×K, float64; NaN rows for absent classes)."""
-    means = class_mean_classifier(features, labels, num_classes).double()
+    means = class_means(features, labels, num_classes, allow_missing=True)
     return means @ means.T

@@ -288,6 +288,12 @@ class _StopSignals:
             signal.signal(signum, handler)
 
 
+def _add_grid(rows: dict[str, list], grid: dict[str, Any], count: int) -> None:
+    """Append the run's grid keys ``count`` times (long tables repeat them per row)."""
+    for key, grid_value in grid.items():
+        rows[key].extend([grid_value] * count)
+
+
 def _rows_append(
     rows: dict[str, list],
     grid: dict[str, Any],
@@ -296,8 +302,7 @@ def _rows_append(
     values: dict[tuple[str, str], float],
 ) -> None:
     for (split, metric), value in values.items():
-        for key, grid_value in grid.items():
-            rows[key].append(grid_value)
+        _add_grid(rows, grid, 1)
         rows["step"].append(step)
         rows["epoch"].append(epoch)
         rows["split"].append(split)
@@ -387,6 +392,18 @@ class _Trainer:
         self.last_checkpoint = 0
         self.time_to_fit: int | None = None
         self.status = "running"
+        data = prep.data
+        self.test_loader = DeviceLoader(  # evaluation only: iterate() in order, no sampling
+            data.test.images,
+            data.test.labels,
+            batch_size=1,
+            mean=data.mean,
+            std=data.std,
+            device=prep.device,
+            sampling="epoch",
+        )
+        self.test_labels = data.test.labels.to(prep.device)
+        self._embedded: tuple[int, tuple] | None = None
 
     # -- state -----------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -514,30 +531,21 @@ class _Trainer:
         return values
 
     def _embeddings(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
-        prep, config = self.prep, self.config
+        """Train and test features and logits at the current step (one pass per step: the
+        final evaluation's embeddings are reused by :meth:`_finish`)."""
+        if self._embedded is not None and self._embedded[0] == self.step:
+            return self._embedded[1]
+        prep, size = self.prep, self.config.eval_batch_size
         kw = {
             "normalize": prep.needs.normalized,
             "autocast": prep.autocast,
             "channels_last": prep.channels_last,
         }
-        train = embed(prep.network, prep.loader.iterate(config.eval_batch_size), **kw)
-        test_loader = self._test_loader()
-        test = embed(prep.network, test_loader.iterate(config.eval_batch_size), **kw)
-        return train[0], train[1], test[0], test[1]
-
-    def _test_loader(self) -> DeviceLoader:
-        if not hasattr(self, "_test"):
-            data = self.prep.data
-            self._test = DeviceLoader(
-                data.test.images,
-                data.test.labels,
-                batch_size=1,
-                mean=data.mean,
-                std=data.std,
-                device=self.prep.device,
-                sampling="epoch",
-            )
-        return self._test
+        train = embed(prep.network, prep.loader.iterate(size), **kw)
+        test = embed(prep.network, self.test_loader.iterate(size), **kw)
+        result = (train[0], train[1], test[0], test[1])
+        self._embedded = (self.step, result)
+        return result
 
     def _classifier(self) -> Tensor | None:
         weight = self.prep.network.classifier_weight()
@@ -554,7 +562,7 @@ class _Trainer:
             train_labels=prep.train_labels,
             test_features=test_f,
             test_logits=test_l,
-            test_labels=prep.data.test.labels.to(prep.device),
+            test_labels=self.test_labels,
             num_classes=prep.data.num_classes,
             target_gram=prep.target,
             classifier=self._classifier(),
@@ -586,7 +594,7 @@ class _Trainer:
                     train_f,
                     prep.train_labels,
                     test_f,
-                    prep.data.test.labels.to(prep.device),
+                    self.test_labels,
                     num_classes=K,
                     iterations=config.probe_iterations,
                     lr=config.probe_lr,
@@ -675,8 +683,7 @@ class _Trainer:
         for name, matrix in matrices.items():
             values = matrix.detach().double().cpu()
             K = values.shape[0]
-            for key, grid_value in self.grid.items():
-                rows[key].extend([grid_value] * (K * K))
+            _add_grid(rows, self.grid, K * K)
             rows["matrix"].extend([name] * (K * K))
             rows["row"].extend(torch.arange(K).repeat_interleave(K).tolist())
             rows["col"].extend(torch.arange(K).repeat(K).tolist())
@@ -689,8 +696,7 @@ class _Trainer:
         edges = torch.linspace(0, 1, GAMMA_BINS + 1, dtype=torch.float64)
         for name, values in gammas.items():
             counts = torch.histc(values.double().cpu(), bins=GAMMA_BINS, min=0.0, max=1.0)
-            for key, grid_value in self.grid.items():
-                rows[key].extend([grid_value] * GAMMA_BINS)
+            _add_grid(rows, self.grid, GAMMA_BINS)
             rows["distribution"].extend([name] * GAMMA_BINS)
             rows["lower"].extend(edges[:-1].tolist())
             rows["upper"].extend(edges[1:].tolist())
