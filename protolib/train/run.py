@@ -234,6 +234,19 @@ def _device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
+def _attempt(step: int) -> dict[str, Any]:
+    """Where this process took the run up, and where it runs (SLURM job id if any)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', job)}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return {
+        "start_step": step,
+        "hostname": platform.node(),
+        "slurm_job_id": job,
+        "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+    }
+
+
 class _Logger:
     """A progress bar on an interactive terminal, one line per evaluation otherwise."""
 
@@ -392,6 +405,9 @@ class _Trainer:
         self.last_checkpoint = 0
         self.time_to_fit: int | None = None
         self.status = "running"
+        # one entry per process that worked on the run: where it started, and on which
+        # host and scheduler job (a SLURM retry or requeue adds one)
+        self.attempts: list[dict[str, Any]] = []
         data = prep.data
         self.test_loader = DeviceLoader(  # evaluation only: iterate() in order, no sampling
             data.test.images,
@@ -421,6 +437,7 @@ class _Trainer:
             "running_count": self.running_count,
             "train_seconds": self.train_seconds,
             "time_to_fit": self.time_to_fit,
+            "attempts": self.attempts,
         }
 
     def _save_checkpoint(self, name: str = RESUME) -> None:
@@ -444,10 +461,18 @@ class _Trainer:
         self.time_to_fit = state["time_to_fit"]
         self.step = self.last_checkpoint = state["step"]
         self.status = state["status"]  # "running", or how a run whose outputs were cut ended
+        self.attempts = list(state.get("attempts", []))
 
     # -- loop ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self._restore()
+        self.attempts.append(_attempt(self.step))
+        if self.step:
+            print(
+                f"[{self.config.run_id}] resumed from step {self.step} ({RESUME})",
+                file=sys.stderr,
+                flush=True,
+            )
         prep, config = self.prep, self.config
         total, eval_every = prep.total_steps, config.eval_every
         logger = _Logger(config.run_id, total, self.step, self.interactive)
@@ -664,6 +689,7 @@ class _Trainer:
             "git_revision": _git_revision(),
             "hostname": platform.node(),
             "pid": os.getpid(),
+            "attempts": self.attempts,
         }
         write_json(out / SUMMARY, summary)
         (out / RESUME).unlink(missing_ok=True)

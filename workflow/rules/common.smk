@@ -11,6 +11,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from protolib import resources
 from protolib.pipeline import (
     PipelineConfigError,
     describe_validation_error,

@@ -1,6 +1,12 @@
 # One job per run: `protolib train` writes the run directory (every file atomically).
 # The periodic resume state (resume.pt) is deliberately not a declared output, so that
 # Snakemake's clean-up of an interrupted job keeps it and the re-run resumes.
+#
+# On a cluster (`--profile slurm`): a time limit derived from the run's budget (minutes,
+# times the attempt number: a retry after a timeout gets longer and resumes), one GPU unless
+# the run is pinned to the CPU, and short runs in the job group "small_runs", which the
+# profile packs several to a SLURM job (protolib/resources.py). Locally these only matter
+# with `--resources gpu=N`.
 
 
 rule train:
@@ -18,6 +24,13 @@ rule train:
         config=lambda w: json.dumps(RUNS[w.experiment][w.run_id], sort_keys=True),
         out=lambda w: run_dir(w.experiment, w.run_id),
     threads: 1
+    resources:
+        runtime=lambda w, attempt: resources.runtime_minutes(RUNS[w.experiment][w.run_id], attempt),
+        gpu=lambda w: resources.gpus(RUNS[w.experiment][w.run_id]),
+    group:
+        lambda w: resources.job_group(RUNS[w.experiment][w.run_id])
     shell:
-        "protolib train --config - --out {params.out} --threads {threads} --no-progress"
+        # exec: the shell becomes protolib, so a SIGTERM (SLURM time limit, preemption, scancel)
+        # reaches the trainer, which checkpoints, and nothing ends the step before it has.
+        "exec protolib train --config - --out {params.out} --threads {threads} --no-progress"
         " <<< {params.config:q} > {log} 2>&1"

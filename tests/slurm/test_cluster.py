@@ -1,0 +1,292 @@
+"""`snakemake --profile slurm all` against a real single-node SLURM cluster.
+
+The cluster (munge, MariaDB, slurmdbd, slurmctld, slurmd) is started by
+``tests/slurm/start-cluster.sh`` and stopped by ``stop-cluster.sh``; it needs root and
+Debian packages, which the script installs when missing. Without root (or apt) the test
+is skipped, unless PROTOLIB_REQUIRE_SLURM=1 (set by CI), where that is a failure.
+
+One workflow run on a tiny config, with the repository's profile and only what a CPU-only
+node needs changed (PROTOLIB_SLURM_* variables and two plugin flags): while it runs, one
+training job gets ``scancel --signal=TERM``; the retry must resume that run from its
+checkpoint. Meanwhile the same config runs locally (``--cores 2``) as the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+LONG_RUN = "ce_long_R1_p0_s0"
+SMALL = {
+    "dataset": "digits",
+    "model": "mlp",
+    "model_options": {"widths": [64], "out_dim": 16},
+    "iterations": 300,
+    "eval_every": 100,
+    "batch_size": 64,
+    "probe_iterations": 20,
+}
+CONFIG = {
+    "results": "results",
+    "experiments": {
+        "tiny": {
+            "base": SMALL,
+            "losses": {
+                "ce": {"loss": "ce"},
+                "supcon": {"loss": "supcon"},
+                # long enough to be caught mid-run, with frequent periodic checkpoints
+                "ce_long": {
+                    "loss": "ce",
+                    "iterations": 4000,
+                    "eval_every": 1000,
+                    "checkpoint_every": 100,
+                },
+            },
+        }
+    },
+}
+RUN_IDS = {"ce_R1_p0_s0", "supcon_nw0_R1_p0_s0", LONG_RUN}
+# What a CPU-only node with 2 cores needs; everything else is the repository's profile.
+CLUSTER_ENV = {
+    "PROTOLIB_SLURM_CPUS_PER_GPU": "1",
+    "PROTOLIB_SLURM_MEM_PER_GPU_MB": "2000",
+    "PROTOLIB_SLURM_RUNS_PER_JOB": "3",
+}
+PLUGIN_FLAGS = ["--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5"]
+TABLES = ("metrics.parquet", "geometry.parquet", "gamma.parquet", "data.parquet")
+AGGREGATES = [f"results/tiny/aggregate/{name}.parquet" for name in ("metrics", "geometry", "gamma")]
+
+
+def _cluster_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to start SLURM daemons"
+    if shutil.which("slurmctld", path="/usr/sbin:/usr/bin") is None and not shutil.which("apt-get"):
+        return "SLURM is not installed and apt-get is not available"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = _cluster_unavailable()
+    if reason:
+        if os.environ.get("PROTOLIB_REQUIRE_SLURM") == "1":
+            pytest.fail(f"PROTOLIB_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    state = Path(tempfile.mkdtemp(prefix="protolib-slurm-", dir="/tmp"))
+    started = subprocess.run(
+        [str(HERE / "start-cluster.sh"), str(state)],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield state
+    finally:
+        stopped = subprocess.run(
+            [str(HERE / "stop-cluster.sh"), str(state)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        pids = _pids(state / "pids.stopped") or _pids(state / "pids")
+        alive = [f"{name} ({pid})" for name, pid in pids if _running(pid)]
+        assert stopped.returncode == 0 and not alive, (
+            f"daemons still running: {alive}\n{stopped.stdout}{stopped.stderr}"
+        )
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited daemon waits a moment for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _pids(path: Path) -> list[tuple[str, int]]:
+    if not path.exists():
+        return []
+    return [(n, int(p)) for n, p in (line.split() for line in path.read_text().splitlines())]
+
+
+def _snakemake(workdir: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
+    log = (workdir / "snakemake.out").open("w")
+    return subprocess.Popen(
+        [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), *args],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # the executor plugin can wait forever when it cannot read job states: be sure it ends
+        start_new_session=True,
+    )
+
+
+def _wait(process: subprocess.Popen, timeout: float, workdir: Path) -> None:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.wait()
+    output = (workdir / "snakemake.out").read_text()
+    assert process.returncode == 0, output[-5000:]
+
+
+def _sacct(workdir: Path) -> pd.DataFrame:
+    """SLURM's accounting records of the jobs submitted from ``workdir``."""
+    fields = ["JobID", "State", "Comment", "AllocTRES", "Timelimit", "WorkDir", "ExitCode"]
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-a", "-S", "now-1hour", "-o", ",".join(fields)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    rows = [line.split("|") for line in out.splitlines() if line.strip()]
+    table = pd.DataFrame(rows, columns=fields)
+    return table[table["WorkDir"] == str(workdir)].reset_index(drop=True)
+
+
+def _kill_long_run_mid_way(slurm_dir: Path, process: subprocess.Popen) -> tuple[str, int]:
+    """Once the long run has a periodic checkpoint, send its SLURM job SIGTERM."""
+    resume = slurm_dir / "results" / "tiny" / "runs" / LONG_RUN / "resume.pt"
+    deadline = time.monotonic() + 300
+    while not resume.exists():
+        assert process.poll() is None, "the workflow ended before the long run started"
+        assert time.monotonic() < deadline, "the long run never wrote a checkpoint"
+        time.sleep(0.05)
+    running = subprocess.run(
+        ["squeue", "-h", "-t", "R", "-o", "%A|%k"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.split()
+    train_jobs = [job for job, comment in (r.split("|", 1) for r in running) if "train" in comment]
+    # one GPU on the node: exactly one training job runs at a time
+    assert len(train_jobs) == 1, running
+    subprocess.run(["scancel", "--signal=TERM", train_jobs[0]], check=True, timeout=30)
+    import torch
+
+    step = torch.load(resume, map_location="cpu", weights_only=True)["step"]
+    return train_jobs[0], step
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory):
+    """The SLURM run (with one training job killed mid-run) and the local reference."""
+    slurm_dir = Path(tempfile.mkdtemp(prefix="protolib-slurm-work-", dir="/tmp"))
+    local_dir = tmp_path_factory.mktemp("local")
+    for workdir in (slurm_dir, local_dir):
+        (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **CLUSTER_ENV}
+    env.pop("SLURM_CONF", None)
+    slurm = _snakemake(slurm_dir, "--profile", str(ROOT / "slurm"), *PLUGIN_FLAGS, "all", env=env)
+    # the reference: the same runs and their aggregate, on this machine
+    local = _snakemake(local_dir, "--cores", "2", *AGGREGATES, env=env)
+    try:
+        killed_job, killed_at = _kill_long_run_mid_way(slurm_dir, slurm)
+        _wait(slurm, 480, slurm_dir)
+        _wait(local, 480, local_dir)
+    finally:
+        for process in (slurm, local):
+            if process.poll() is None:
+                os.killpg(process.pid, 9)
+    yield slurm_dir, local_dir, killed_job, killed_at
+    shutil.rmtree(slurm_dir, ignore_errors=True)
+
+
+def _summary(workdir: Path, run_id: str) -> dict:
+    return json.loads((workdir / "results" / "tiny" / "runs" / run_id / "summary.json").read_text())
+
+
+def test_every_job_went_through_sbatch(runs):
+    slurm_dir, _, killed_job, _ = runs
+    jobs = _sacct(slurm_dir)
+    # one job for the three training runs (the group small_runs), its retry after the kill,
+    # and theory; aggregate, report and tracking are local rules
+    assert len(jobs) == 3, jobs
+    trains = jobs[jobs["Comment"].str.contains("train")]
+    assert len(trains) == 2, jobs
+    assert (trains["AllocTRES"].str.contains("gres/gpu=1")).all(), trains
+    assert set(jobs[jobs["Comment"] == "rule_theory"]["State"]) == {"COMPLETED"}, jobs
+    states = dict(zip(jobs["JobID"], jobs["State"], strict=True))
+    assert states.pop(killed_job) in {"FAILED", "CANCELLED"}, jobs
+    assert set(states.values()) == {"COMPLETED"}, jobs
+    # each run names the SLURM jobs that worked on it, all in the records
+    worked_on = {
+        r: [a["slurm_job_id"] for a in _summary(slurm_dir, r)["attempts"]] for r in RUN_IDS
+    }
+    used = {job for ids in worked_on.values() for job in ids}
+    # three runs, two SLURM jobs: the runs share them (the group small_runs)
+    assert used == set(trains["JobID"]), worked_on
+    finished_by = {r: ids[-1] for r, ids in worked_on.items()}
+    # the time limit comes from the runs' budgets; a retry asks for twice as long
+    limits = dict(zip(trains["JobID"], trains["Timelimit"].map(_minutes), strict=True))
+    retry = finished_by[LONG_RUN]
+    assert limits[retry] == 2 * limits[killed_job], limits
+    assert all(minutes % 5 == 0 for minutes in limits.values()), limits  # 5 per tiny run
+
+
+def _minutes(limit: str) -> int:
+    """SLURM's [D-]HH:MM:SS time limit in minutes."""
+    days, _, clock = limit.rpartition("-")
+    h, m, s = (int(x) for x in clock.split(":"))
+    return int(days or 0) * 1440 + h * 60 + m + (s > 0)
+
+
+def test_the_killed_run_resumed_from_its_checkpoint(runs):
+    slurm_dir, _, killed_job, killed_at = runs
+    attempts = _summary(slurm_dir, LONG_RUN)["attempts"]
+    assert len(attempts) == 2, attempts
+    first, retry = attempts
+    assert first["start_step"] == 0 and first["slurm_job_id"] == killed_job
+    assert retry["slurm_job_id"] != killed_job
+    # the retry started from the checkpoint written on SIGTERM (at or after the periodic one
+    # seen before the kill), not from scratch
+    assert killed_at <= retry["start_step"] < 4000, attempts
+    log = (slurm_dir / "results" / "tiny" / "logs" / "train" / f"{LONG_RUN}.log").read_text()
+    assert f"resumed from step {retry['start_step']}" in log
+
+
+def test_results_equal_a_local_run(runs):
+    slurm_dir, local_dir, _, _ = runs
+    for run_id in sorted(RUN_IDS):
+        for table in TABLES:
+            path = Path("results") / "tiny" / "runs" / run_id / table
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(slurm_dir / path),
+                pd.read_parquet(local_dir / path),
+                check_exact=True,
+            )
+        ours, theirs = _summary(slurm_dir, run_id), _summary(local_dir, run_id)
+        for key in ("iterations", "time_to_fit", "train_error", "test_accuracy", "final"):
+            assert ours[key] == theirs[key], (run_id, key)
+    for path in AGGREGATES:
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(slurm_dir / path), pd.read_parquet(local_dir / path), check_exact=True
+        )
+    # the rest of the DAG ran too: the theory job and the local report and tracking rules
+    for path in ("results/theory/bounds.parquet", "results/tiny/tracking.json"):
+        assert (slurm_dir / path).stat().st_size > 0, path
+    assert len(list((slurm_dir / "results" / "tiny" / "report").rglob("*.png"))) >= 4

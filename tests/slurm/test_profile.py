@@ -1,0 +1,177 @@
+"""The slurm profile without a cluster: `snakemake --profile slurm -n all` must plan the
+workflow on a machine without SLURM, and the PROTOLIB_SLURM_* variables must reach the
+jobs' resources. The time-limit estimate is checked against a hand computation."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from protolib import resources
+from protolib.train.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+# the client commands of SLURM's Debian packages
+SLURM_COMMANDS = frozenset(
+    {
+        *("sacct", "sacctmgr", "salloc", "sattach", "sbatch", "sbcast", "scancel", "scontrol"),
+        *("scrontab", "sdiag", "sinfo", "sprio", "squeue", "sreport", "srun", "sshare"),
+        *("sstat", "strigger", "sview"),
+    }
+)
+SITE = {
+    "PROTOLIB_SLURM_ACCOUNT": "lab42",
+    "PROTOLIB_SLURM_PARTITION": "cpu",
+    "PROTOLIB_SLURM_GPU_PARTITION": "gpu-a",
+    "PROTOLIB_SLURM_GPU_MODEL": "h100",
+    "PROTOLIB_SLURM_CPUS_PER_GPU": "6",
+    "PROTOLIB_SLURM_MEM_PER_GPU_MB": "24000",
+}
+
+
+def _config(tmp_path: Path) -> None:
+    run = {"dataset": "digits", "model": "mlp", "iterations": 20, "eval_every": 10}
+    config = {
+        "experiments": {
+            "tiny": {
+                "base": run,
+                "losses": {
+                    "ce": {"loss": "ce"},
+                    "supcon": {"loss": "supcon"},
+                    # a CIFAR-sized budget: too long to share a job
+                    "big": {"loss": "ce", "model": "resnet18_cifar", "iterations": 100000},
+                },
+                "grid": {"seed": [0, 1, 2]},
+            }
+        }
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def _path_without_slurm(tmp_path: Path) -> str:
+    """A PATH with every tool of this machine except SLURM's (the venv's first)."""
+    farm = tmp_path / "bin-without-slurm"
+    farm.mkdir(exist_ok=True)
+    for directory in os.environ["PATH"].split(os.pathsep):
+        if not Path(directory).is_dir() or Path(directory) == BIN:
+            continue
+        for tool in Path(directory).iterdir():
+            link = farm / tool.name
+            if tool.name in SLURM_COMMANDS or link.exists() or link.is_symlink():
+                continue
+            link.symlink_to(tool)
+    path = os.pathsep.join([str(BIN), str(farm)])
+    assert not any(shutil.which(name, path=path) for name in SLURM_COMMANDS)
+    return path
+
+
+def _dry_run(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`snakemake --profile slurm -n all`, run from the repository (so that the profile
+    name resolves to ./slurm) with no SLURM command on the PATH."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PROTOLIB_SLURM")}
+    return subprocess.run(
+        [
+            *(str(BIN / "snakemake"), "--profile", "slurm", "-n", "--verbose", "--cores", "8"),
+            *("--directory", str(tmp_path), "all"),
+        ],
+        cwd=ROOT,
+        env={**clean, "PATH": _path_without_slurm(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _train_resources(output: str) -> dict[str, dict[str, str]]:
+    """{run_id: {resource: value}} from the verbose dry-run listing of train jobs."""
+    found = {}
+    for block in output.split("rule train:")[1:]:
+        run_id = re.search(r"run_id=([\w.]+)", block)[1]
+        line = re.search(r"resources: (.*)", block)[1]
+        found[run_id] = dict(item.split("=", 1) for item in line.split(", "))
+    return found
+
+
+def test_dry_run_needs_no_slurm_and_groups_small_runs(tmp_path):
+    _config(tmp_path)
+    result = _dry_run(tmp_path, {})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "results").exists()
+    output = result.stdout + result.stderr
+    assert "Using profiles slurm" in output
+    # the six digits runs share jobs (group small_runs); the three ResNet runs are not grouped
+    assert output.count("Group job small_runs") == 1  # up to 16 per job: one group here
+    train = _train_resources(output)
+    assert len(train) == 9
+    for run_id, res in train.items():
+        assert res["gpu"] == "1" and res["cpus_per_gpu"] == "8" and res["mem_mb"] == "32000"
+        assert "slurm_account" not in res and "slurm_partition" not in res
+        expected = 5 if not run_id.startswith("big") else None
+        if expected:
+            assert res["runtime"] == str(expected), (run_id, res)
+    # torch threads follow the CPUs per GPU
+    assert "--threads 8" in output
+
+
+def test_site_values_come_from_the_environment(tmp_path):
+    _config(tmp_path)
+    result = _dry_run(tmp_path, {**SITE, "PROTOLIB_SLURM_TRAIN_RUNTIME": "77"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    for res in _train_resources(output).values():
+        assert res["slurm_account"] == "lab42"
+        assert res["slurm_partition"] == "gpu-a"
+        assert res["gpu_model"] == "h100"
+        assert res["cpus_per_gpu"] == "6" and res["mem_mb"] == "24000"
+        assert res["runtime"] == "77"
+    theory = re.search(r"rule theory:.*?resources: (.*?)\n", output, re.S)[1]
+    assert "slurm_account=lab42" in theory and "slurm_partition=cpu" in theory
+    assert "--threads 6" in output
+
+
+def test_runtime_estimate_matches_a_hand_computation():
+    run = {
+        "dataset": "digits",
+        "model": "mlp",
+        "iterations": 3000,
+        "batch_size": 256,
+        "eval_every": 100,
+        "views": 2,
+    }
+    seconds = 120 + 3000 * 256 * 2 * 2e-5 + (3000 // 100 + 1) * 1797 * 2e-5 / 3
+    assert resources.estimated_seconds(run) == pytest.approx(seconds)
+    assert resources.runtime_minutes(run) == math.ceil(2 * seconds / 60)
+    assert resources.runtime_minutes(run, attempt=3) == 3 * math.ceil(2 * seconds / 60)
+    assert resources.job_group(run) == "small_runs"
+    # an epoch budget counts the dataset's batches per epoch
+    cifar = {
+        "dataset": "cifar10",
+        "model": "resnet18_cifar",
+        "epochs": 200,
+        "iterations": None,
+        "batch_size": 512,
+        "eval_every": 98,
+        "views": 1,
+        "dataset_options": {"root": "x"},
+    }
+    steps = 200 * math.ceil(60000 / 512)
+    seconds = 120 + steps * 512 * 2e-4 + (steps // 98 + 1) * 60000 * 2e-4 / 3
+    assert resources.estimated_seconds(cifar) == pytest.approx(seconds)
+    assert resources.job_group(cifar) is None
+    # defaults come from RunConfig
+    assert resources.estimated_seconds({}) == pytest.approx(
+        resources.estimated_seconds(
+            {k: getattr(RunConfig(), k) for k in ("iterations", "batch_size", "eval_every")}
+        )
+    )
+    assert resources.gpus({}) == 1 and resources.gpus({"device": "cpu"}) == 0
