@@ -7,6 +7,9 @@ VENV ?= .venv
 # e.g. `make test TORCH="torch torchvision"`, or TORCH= to keep what the venv has.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# One pytest-xdist worker per core; a module's tests stay on one worker (module fixtures
+# such as the pipeline and cluster runs are built once). PYTEST_PARALLEL= runs serially.
+PYTEST_PARALLEL ?= -n auto --dist loadscope
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.protolib-installed
@@ -27,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all all
