@@ -243,7 +243,6 @@ def _attempt(step: int) -> dict[str, Any]:
         "start_step": step,
         "hostname": platform.node(),
         "slurm_job_id": job,
-        "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
     }
 
 
