@@ -465,13 +465,14 @@ class _Trainer:
     # -- loop ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self._restore()
-        self.attempts.append(_attempt(self.step))
-        if self.step:
-            print(
-                f"[{self.config.run_id}] resumed from step {self.step} ({RESUME})",
-                file=sys.stderr,
-                flush=True,
+        attempt = _attempt(self.step)
+        self.attempts.append(attempt)
+        if self.step or not self.interactive:  # where (and from which step) this log begins
+            where = attempt["hostname"] + (
+                f", SLURM job {attempt['slurm_job_id']}" if attempt["slurm_job_id"] else ""
             )
+            begun = f"resumed from step {self.step} ({RESUME})" if self.step else "started"
+            print(f"[{self.config.run_id}] {begun} on {where}", file=sys.stderr, flush=True)
         prep, config = self.prep, self.config
         total, eval_every = prep.total_steps, config.eval_every
         logger = _Logger(config.run_id, total, self.step, self.interactive)
@@ -482,6 +483,9 @@ class _Trainer:
                 interval_steps = 0
                 while self.step < total and self.status == "running":
                     if stop.signum is not None:
+                        # how this attempt ended, kept in the checkpoint for the next one
+                        self.attempts[-1]["stopped_by"] = signal.Signals(stop.signum).name
+                        self.attempts[-1]["stop_step"] = self.step
                         self._save_checkpoint()
                         raise RunInterrupted(stop.signum, self.step, self.out)
                     tick = time.perf_counter()

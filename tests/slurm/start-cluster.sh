@@ -20,10 +20,18 @@ trap 'echo "start-cluster: failed at line $LINENO: $BASH_COMMAND" >&2; tail -n 5
 [[ $(id -u) -eq 0 ]] || die "must run as root (the daemons and the package install need it)"
 S=$(realpath -m "$1")
 [[ ! -e $S/pids ]] || die "$S/pids exists: a cluster may be running; stop it with stop-cluster.sh $S"
+# /etc/slurm/{slurm,gres}.conf may only be absent, or links left by this script (into a
+# state directory, recognised by its pids file) whose cluster is no longer running.
 for name in slurm.conf gres.conf; do
-    if [[ -e /etc/slurm/$name || -L /etc/slurm/$name ]] && [[ ! -L /etc/slurm/$name ]]; then
-        die "/etc/slurm/$name exists and is not a link made by this script; not replacing it"
+    link=/etc/slurm/$name
+    [[ -e $link || -L $link ]] || continue
+    [[ -L $link ]] || die "$link exists and is not a link made by this script; not replacing it"
+    old=$(dirname "$(dirname "$(readlink "$link")")")
+    if [[ -f $old/pids ]]; then
+        die "$link belongs to a running cluster in $old; stop it first (stop-cluster.sh $old)"
     fi
+    [[ -f $old/pids.stopped ]] \
+        || die "$link points to $(readlink "$link"), not into a state directory of this script"
 done
 # Unix socket paths are limited to 107 bytes.
 (( ${#S} <= 60 )) || die "state directory path too long for its sockets (max 60 characters): $S"
@@ -72,8 +80,16 @@ wait_for 10 munged test -s "$S/munge/munged.pid"
 record munged "$(cat "$S/munge/munged.pid")"
 wait_for 10 "munge credentials" sh -c "munge -n -S '$S/munge/munge.socket' | unmunge -S '$S/munge/munge.socket'"
 
-# 2. MariaDB for the accounting database, on a free local port.
-DB_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Free TCP ports for MariaDB, slurmdbd, slurmctld and slurmd (never a running SLURM's).
+read -r DB_PORT DBD_PORT CTLD_PORT D_PORT < <(python3 -c '
+import socket
+sockets = [socket.socket() for _ in range(4)]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in sockets))
+')
+
+# 2. MariaDB for the accounting database.
 DB_PASS=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
 chown mysql:mysql "$S/mysql"
 mariadb-install-db --no-defaults --user=mysql --datadir="$S/mysql/data" --skip-test-db \
@@ -92,7 +108,8 @@ GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
 SQL
 
 # 3. Configuration. `slurmd -C` describes this machine; memory a little under it.
-NODE=$(slurmd -C | head -n 1)
+slurmd -C > "$S/etc/node.txt"
+NODE=$(sed -n 1p "$S/etc/node.txt")
 MEM=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<< "$NODE")
 NODE=$(sed "s/RealMemory=[0-9]*/RealMemory=$((MEM * 9 / 10))/; s/NodeName=[^ ]*/NodeName=$HOST/" <<< "$NODE")
 cat > "$S/etc/slurm.conf" <<CONF
@@ -103,6 +120,8 @@ SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=socket=$S/munge/munge.socket
 CredType=cred/munge
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$D_PORT
 StateSaveLocation=$S/spool/ctld
 SlurmdSpoolDir=$S/spool/d
 SlurmctldPidFile=$S/run/slurmctld.pid
@@ -119,6 +138,7 @@ DefMemPerCPU=2000
 GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+AccountingStoragePort=$DBD_PORT
 # GPUs and the job comment (the plugin writes the rule name there) in the job records.
 AccountingStorageTRES=gres/gpu
 AccountingStoreFlags=job_comment
@@ -137,6 +157,7 @@ cat > "$S/etc/slurmdbd.conf" <<CONF
 AuthType=auth/munge
 AuthInfo=socket=$S/munge/munge.socket
 DbdHost=localhost
+DbdPort=$DBD_PORT
 SlurmUser=root
 PidFile=$S/run/slurmdbd.pid
 LogFile=$S/log/slurmdbd.log

@@ -9,8 +9,11 @@ S=$(realpath -m "$1")
 [[ -f $S/pids ]] || { echo "stop-cluster: no $S/pids: nothing was started there" >&2; exit 0; }
 export SLURM_CONF=$S/etc/slurm.conf
 
-is_ours() {  # is_ours NAME PID: PID is alive and is the daemon NAME
-    [[ -r /proc/$2/cmdline ]] && tr '\0' ' ' < "/proc/$2/cmdline" | grep -q "$1"
+is_ours() {  # is_ours NAME PID: PID is alive (not a zombie) and is the daemon NAME
+    local comm state
+    comm=$(cat "/proc/$2/comm" 2> /dev/null) || return 1
+    state=$(sed 's/.*) //' "/proc/$2/stat" 2> /dev/null | cut -d' ' -f1) || return 1
+    [[ $comm == "$1" && $state != Z ]]
 }
 
 # Jobs first, so that no slurmstepd outlives slurmd.
@@ -18,7 +21,7 @@ if grep -q '^slurmctld ' "$S/pids" && is_ours slurmctld "$(awk '$1 == "slurmctld
     jobs=$(timeout 10 squeue -h -o %A 2> /dev/null || true)
     if [[ -n $jobs ]]; then
         timeout 10 scancel $jobs 2> /dev/null || true
-        for _ in $(seq 50); do
+        for _ in $(seq 200); do  # up to 40 s: SLURM's KillWait is 30 s
             [[ -z $(timeout 10 squeue -h -o %A 2> /dev/null) ]] && break
             sleep 0.2
         done

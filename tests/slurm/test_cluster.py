@@ -49,11 +49,12 @@ CONFIG = {
             "losses": {
                 "ce": {"loss": "ce"},
                 "supcon": {"loss": "supcon"},
-                # long enough to be caught mid-run, with frequent periodic checkpoints
+                # long enough to be caught mid-run, with a periodic checkpoint every 100 steps
+                # (checkpoints are taken at evaluations)
                 "ce_long": {
                     "loss": "ce",
                     "iterations": 4000,
-                    "eval_every": 1000,
+                    "eval_every": 100,
                     "checkpoint_every": 100,
                 },
             },
@@ -75,7 +76,7 @@ AGGREGATES = [f"results/tiny/aggregate/{name}.parquet" for name in ("metrics", "
 def _cluster_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "needs root to start SLURM's daemons"
-    installed = all(Path("/usr/sbin", d).exists() for d in ("slurmctld", "slurmd", "slurmdbd"))
+    installed = subprocess.run([str(HERE / "install-packages.sh"), "--check"]).returncode == 0
     if not installed and os.environ.get("PROTOLIB_REQUIRE_SLURM") != "1":
         # installing system packages is CI's business, or the user's explicit choice
         return (
@@ -93,14 +94,14 @@ def cluster():
             pytest.fail(f"PROTOLIB_REQUIRE_SLURM=1 but {reason}")
         pytest.skip(reason)
     state = Path(tempfile.mkdtemp(prefix="protolib-slurm-", dir="/tmp"))
-    started = subprocess.run(
-        [str(HERE / "start-cluster.sh"), str(state)],
-        capture_output=True,
-        text=True,
-        timeout=420,
-        check=False,
-    )
     try:
+        started = subprocess.run(
+            [str(HERE / "start-cluster.sh"), str(state)],
+            capture_output=True,
+            text=True,
+            timeout=420,
+            check=False,
+        )
         assert started.returncode == 0, started.stdout + started.stderr
         yield state
     finally:
@@ -174,13 +175,17 @@ def _sacct(workdir: Path) -> pd.DataFrame:
 
 
 def _kill_long_run_mid_way(slurm_dir: Path, process: subprocess.Popen) -> tuple[str, int]:
-    """Once the long run has a periodic checkpoint, send its SLURM job SIGTERM."""
+    """Once the long run has a periodic checkpoint, send its SLURM job SIGTERM. Returns
+    the job and the step of the periodic checkpoint seen before the signal."""
+    import torch
+
     resume = slurm_dir / "results" / "tiny" / "runs" / LONG_RUN / "resume.pt"
     deadline = time.monotonic() + 300
     while not resume.exists():
         assert process.poll() is None, "the workflow ended before the long run started"
         assert time.monotonic() < deadline, "the long run never wrote a checkpoint"
         time.sleep(0.05)
+    step = torch.load(resume, map_location="cpu", weights_only=True)["step"]
     running = subprocess.run(
         ["squeue", "-h", "-t", "R", "-o", "%A|%k"],
         capture_output=True,
@@ -192,9 +197,6 @@ def _kill_long_run_mid_way(slurm_dir: Path, process: subprocess.Popen) -> tuple[
     # one GPU on the node: exactly one training job runs at a time
     assert len(train_jobs) == 1, running
     subprocess.run(["scancel", "--signal=TERM", train_jobs[0]], check=True, timeout=30)
-    import torch
-
-    step = torch.load(resume, map_location="cpu", weights_only=True)["step"]
     return train_jobs[0], step
 
 
@@ -268,9 +270,12 @@ def test_the_killed_run_resumed_from_its_checkpoint(runs):
     first, retry = attempts
     assert first["start_step"] == 0 and first["slurm_job_id"] == killed_job
     assert retry["slurm_job_id"] != killed_job
-    # the retry started from the checkpoint written on SIGTERM (at or after the periodic one
-    # seen before the kill), not from scratch
-    assert killed_at <= retry["start_step"] < 4000, attempts
+    # the first attempt saved a checkpoint on SIGTERM, after the periodic one seen before
+    # the kill, and the retry started exactly there: not from scratch, not from the
+    # periodic checkpoint
+    assert first["stopped_by"] == "SIGTERM", attempts
+    assert killed_at <= first["stop_step"] == retry["start_step"] < 4000, attempts
+    assert "stopped_by" not in retry
     log = (slurm_dir / "results" / "tiny" / "logs" / "train" / f"{LONG_RUN}.log").read_text()
     assert f"resumed from step {retry['start_step']}" in log
 

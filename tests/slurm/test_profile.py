@@ -49,6 +49,8 @@ def _config(tmp_path: Path) -> None:
                     "supcon": {"loss": "supcon"},
                     # a CIFAR-sized budget: too long to share a job
                     "big": {"loss": "ce", "model": "resnet18_cifar", "iterations": 100000},
+                    # pinned to the CPU: no GPU, no GPU settings, never grouped
+                    "cpu": {"loss": "ce", "device": "cpu"},
                 },
                 "grid": {"seed": [0, 1, 2]},
             }
@@ -92,6 +94,23 @@ def _dry_run(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
+def _grouped(output: str) -> list[set[str]]:
+    """The run ids of each group job in a verbose dry-run listing: its members are indented,
+    and the next top-level job starts with an unindented time stamp."""
+    groups, lines = [], output.splitlines()
+    for i, line in enumerate(lines):
+        if "Group job small_runs" in line:
+            members = set()
+            for member in lines[i + 1 :]:
+                if member.startswith("["):
+                    break
+                found = re.search(r"run_id=([\w.]+)", member)
+                if found:
+                    members.add(found[1])
+            groups.append(members)
+    return groups
+
+
 def _train_resources(output: str) -> dict[str, dict[str, str]]:
     """{run_id: {resource: value}} from the verbose dry-run listing of train jobs."""
     found = {}
@@ -109,16 +128,18 @@ def test_dry_run_needs_no_slurm_and_groups_small_runs(tmp_path):
     assert not (tmp_path / "results").exists()
     output = result.stdout + result.stderr
     assert "Using profiles slurm" in output
-    # the six digits runs share jobs (group small_runs); the three ResNet runs are not grouped
-    assert output.count("Group job small_runs") == 1  # up to 16 per job: one group here
+    # the six short GPU runs share one job (up to 16 per job); the ResNet runs (too long) and
+    # the CPU runs are not grouped
+    assert _grouped(output) == [{f"{v}_R1_p0_s{s}" for v in ("ce", "supcon_nw0") for s in range(3)}]
     train = _train_resources(output)
-    assert len(train) == 9
+    assert len(train) == 12
     for run_id, res in train.items():
-        assert res["gpu"] == "1" and res["cpus_per_gpu"] == "8" and res["mem_mb"] == "32000"
-        assert "slurm_account" not in res and "slurm_partition" not in res
-        expected = 5 if not run_id.startswith("big") else None
-        if expected:
-            assert res["runtime"] == str(expected), (run_id, res)
+        assert res["cpus_per_gpu"] == "8" and res["mem_mb"] == "32000"
+        assert res["gpu"] == ("0" if run_id.startswith("cpu") else "1")
+        assert "slurm_account" not in res
+        assert res["slurm_partition"] == res["gpu_model"] == "", res
+        if not run_id.startswith("big"):
+            assert res["runtime"] == "5", (run_id, res)
     # torch threads follow the CPUs per GPU
     assert "--threads 8" in output
 
@@ -128,12 +149,16 @@ def test_site_values_come_from_the_environment(tmp_path):
     result = _dry_run(tmp_path, {**SITE, "PROTOLIB_SLURM_TRAIN_RUNTIME": "77"})
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    for res in _train_resources(output).values():
+    for run_id, res in _train_resources(output).items():
         assert res["slurm_account"] == "lab42"
-        assert res["slurm_partition"] == "gpu-a"
-        assert res["gpu_model"] == "h100"
+        if run_id.startswith("cpu"):  # no GPU settings for a CPU run
+            assert res["slurm_partition"] == "cpu" and res["gpu_model"] == "", res
+        else:
+            assert res["slurm_partition"] == "gpu-a" and res["gpu_model"] == "h100", res
         assert res["cpus_per_gpu"] == "6" and res["mem_mb"] == "24000"
         assert res["runtime"] == "77"
+    # a time limit of 77 minutes is too long to share a job
+    assert _grouped(output) == []
     theory = re.search(r"rule theory:.*?resources: (.*?)\n", output, re.S)[1]
     assert "slurm_account=lab42" in theory and "slurm_partition=cpu" in theory
     assert "--threads 6" in output
@@ -175,3 +200,28 @@ def test_runtime_estimate_matches_a_hand_computation():
         )
     )
     assert resources.gpus({}) == 1 and resources.gpus({"device": "cpu"}) == 0
+
+
+def test_cpu_runs_use_cpu_costs_and_never_share_a_job(monkeypatch):
+    run = {
+        "dataset": "cifar10",
+        "model": "resnet18_cifar",
+        "iterations": 1000,
+        "batch_size": 128,
+        "eval_every": 500,
+        "device": "cpu",
+    }
+    seconds = 120 + 1000 * 128 * 4e-2 + (1000 // 500 + 1) * 60000 * 4e-2 / 3
+    assert resources.estimated_seconds(run) == pytest.approx(seconds)
+    tiny = {"dataset": "digits", "model": "mlp", "iterations": 10, "device": "cpu"}
+    assert resources.runtime_minutes(tiny) <= resources.SMALL_RUN_MINUTES
+    assert resources.job_group(tiny) is None
+    monkeypatch.setenv("PROTOLIB_SLURM_GPU_MODEL", "a100")
+    monkeypatch.setenv("PROTOLIB_SLURM_PARTITION", "general")
+    assert resources.gpu_model(tiny) == "" and resources.partition(tiny) == "general"
+    assert resources.gpu_model({}) == "a100" and resources.partition({}) == "general"
+    monkeypatch.setenv("PROTOLIB_SLURM_TRAIN_RUNTIME", "40")
+    assert resources.runtime_minutes(tiny, attempt=2) == 80
+    monkeypatch.setenv("PROTOLIB_SLURM_TRAIN_RUNTIME", "1h")
+    with pytest.raises(ValueError, match="whole number of minutes, got '1h'"):
+        resources.runtime_minutes(tiny)

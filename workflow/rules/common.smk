@@ -55,6 +55,10 @@ wildcard_constraints:
     run_id="[A-Za-z0-9][A-Za-z0-9._=,+-]*",
 
 
+def run_config(wildcards):
+    return RUNS[wildcards.experiment][wildcards.run_id]
+
+
 def run_dir(experiment, run_id):
     return f"{RESULTS}/{experiment}/runs/{run_id}"
 

@@ -3,10 +3,10 @@
 # Snakemake's clean-up of an interrupted job keeps it and the re-run resumes.
 #
 # On a cluster (`--profile slurm`): a time limit derived from the run's budget (minutes,
-# times the attempt number: a retry after a timeout gets longer and resumes), one GPU unless
-# the run is pinned to the CPU, and short runs in the job group "small_runs", which the
-# profile packs several to a SLURM job (protolib/resources.py). Locally these only matter
-# with `--resources gpu=N`.
+# times the attempt number: a retry after a timeout gets longer and resumes), one GPU
+# (its type and partition) unless the run is pinned to the CPU, and short GPU runs in the
+# job group "small_runs", which the profile packs several to a SLURM job
+# (protolib/resources.py). Locally these only matter with `--resources gpu=N`.
 
 
 rule train:
@@ -21,14 +21,16 @@ rule train:
     log:
         f"{RESULTS}/{{experiment}}/logs/train/{{run_id}}.log",
     params:
-        config=lambda w: json.dumps(RUNS[w.experiment][w.run_id], sort_keys=True),
+        config=lambda w: json.dumps(run_config(w), sort_keys=True),
         out=lambda w: run_dir(w.experiment, w.run_id),
     threads: 1
     resources:
-        runtime=lambda w, attempt: resources.runtime_minutes(RUNS[w.experiment][w.run_id], attempt),
-        gpu=lambda w: resources.gpus(RUNS[w.experiment][w.run_id]),
+        runtime=lambda w, attempt: resources.runtime_minutes(run_config(w), attempt),
+        gpu=lambda w: resources.gpus(run_config(w)),
+        gpu_model=lambda w: resources.gpu_model(run_config(w)),
+        slurm_partition=lambda w: resources.partition(run_config(w)),
     group:
-        lambda w: resources.job_group(RUNS[w.experiment][w.run_id])
+        lambda w: resources.job_group(run_config(w))
     shell:
         # exec: the shell becomes protolib, so a SIGTERM (SLURM time limit, preemption, scancel)
         # reaches the trainer, which checkpoints, and nothing ends the step before it has.
