@@ -9,8 +9,11 @@
 # that `sacct` answers the executor plugin's status queries), slurmctld and slurmd, with
 # this host as the only node, select/cons_tres, and one GRES "gpu" backed by /dev/null so
 # that `--gpus=1` jobs schedule on a CPU-only node. Everything (configs, database, spool,
-# logs, PIDs) lives in STATE_DIR; nothing under /etc is changed. Missing Debian packages
-# (slurm-wlm munge slurmdbd mariadb-server) are installed first.
+# logs, PIDs, free TCP ports) lives in STATE_DIR, except two links, /etc/slurm/slurm.conf
+# and gres.conf, to its configs: job steps (srun inside a job) look for the configuration
+# only there. An existing /etc/slurm/slurm.conf that is not such a link is never replaced.
+# Missing Debian packages (slurm-wlm munge slurmdbd mariadb-server) are installed first.
+# If start-up fails part-way, stop-cluster.sh STATE_DIR stops what was started.
 set -euo pipefail
 
 die() { echo "start-cluster: $*" >&2; exit 1; }
@@ -62,6 +65,7 @@ wait_for() {
         if (( SECONDS >= deadline )); then
             echo "start-cluster: $what did not come up within ${seconds}s; last log lines:" >&2
             tail -n 20 "$S"/log/*.log >&2 || true
+            echo "start-cluster: stop what was started with: $HERE/stop-cluster.sh $S" >&2
             exit 1
         fi
         sleep 0.2
