@@ -29,21 +29,19 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SCRIPTS = ROOT / "tests" / "slurm"
-NODE = {"PROTOLIB_SLURM_CPUS_PER_GPU": "1", "PROTOLIB_SLURM_MEM_PER_GPU_MB": "2000"}
-FLAGS = ["--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5"]
+sys.path.insert(0, str(ROOT))  # the cluster test's helpers, tests/slurm/cluster.py
+
+from tests.slurm.cluster import (  # noqa: E402
+    NODE_ENV,
+    PLUGIN_FLAGS,
+    SMALL_RUN,
+    cluster_script,
+    sacct_jobs,
+)
 
 
 def config(runs: int) -> dict:
-    base = {
-        "dataset": "digits",
-        "model": "mlp",
-        "model_options": {"widths": [64], "out_dim": 16},
-        "iterations": 300,
-        "eval_every": 100,
-        "batch_size": 64,
-        "probe_iterations": 20,
-    }
+    base = SMALL_RUN
     losses = {"ce": {"loss": "ce"}, "supcon": {"loss": "supcon"}}
     seeds = list(range(max(1, runs // len(losses))))
     return {"experiments": {"tiny": {"base": base, "losses": losses, "grid": {"seed": seeds}}}}
@@ -66,16 +64,6 @@ def timed(args: list[str], workdir: Path, env: dict[str, str]) -> float:
     return elapsed
 
 
-def sbatch_calls(workdir: Path) -> int:
-    out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-a", "-S", "now-2hours", "-o", "JobID,WorkDir"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return sum(1 for line in out.splitlines() if line.endswith(f"|{workdir}"))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=8)
@@ -83,28 +71,27 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("slurm_overhead: run as root (it starts SLURM's daemons)")
     state = Path(tempfile.mkdtemp(prefix="protolib-slurm-", dir="/tmp"))
-    subprocess.run([str(SCRIPTS / "start-cluster.sh"), str(state)], check=True)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **NODE}
+    started = cluster_script("start-cluster.sh", state, timeout=600)
+    if started.returncode != 0:
+        raise SystemExit(f"slurm_overhead: the cluster did not start:\n{started.stderr}")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **NODE_ENV}
     rows = []
+    slurm = ["--profile", str(ROOT / "slurm"), *PLUGIN_FLAGS]
     try:
         cases = [
             ("local, --cores 2", ["--cores", "2"], {}),
-            ("SLURM, runs grouped (default)", ["--profile", str(ROOT / "slurm"), *FLAGS], {}),
-            (
-                "SLURM, one job per run",
-                ["--profile", str(ROOT / "slurm"), *FLAGS],
-                {"PROTOLIB_SLURM_RUNS_PER_JOB": "1"},
-            ),
+            ("SLURM, runs grouped (default)", slurm, {}),
+            ("SLURM, one job per run", slurm, {"PROTOLIB_SLURM_RUNS_PER_JOB": "1"}),
         ]
         for name, flags, extra in cases:
             workdir = Path(tempfile.mkdtemp(prefix="protolib-bench-", dir="/tmp"))
             (workdir / "config.yaml").write_text(yaml.safe_dump(config(args.runs)))
             seconds = timed(flags, workdir, {**env, **extra})
-            jobs = sbatch_calls(workdir) if "SLURM" in name else 0
+            jobs = len(sacct_jobs(workdir, ["JobID"])) if "SLURM" in name else 0
             rows.append((name, seconds, jobs))
             print(f"{name:32s} {seconds:7.1f} s   {jobs} SLURM jobs", flush=True)
     finally:
-        subprocess.run([str(SCRIPTS / "stop-cluster.sh"), str(state)], check=False)
+        print(cluster_script("stop-cluster.sh", state, timeout=120).stdout, end="")
     local = rows[0][1]
     print(f"\n{args.runs} runs + theory, aggregate, report, tracking")
     print("| how | wall time | SLURM jobs | vs local |")

@@ -235,14 +235,12 @@ def _device_name(device: torch.device) -> str:
 
 
 def _attempt(step: int) -> dict[str, Any]:
-    """Where this process took the run up, and where it runs (SLURM job id if any)."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if job and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', job)}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    """Where this process took the run up, and where it runs (SLURM job id if any; an
+    array task has its own, which SLURM's records list too)."""
     return {
         "start_step": step,
         "hostname": platform.node(),
-        "slurm_job_id": job,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     }
 
 

@@ -27,25 +27,18 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.slurm.cluster import NODE_ENV, PLUGIN_FLAGS, SMALL_RUN, cluster_script, sacct_jobs
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 
 LONG_RUN = "ce_long_R1_p0_s0"
-SMALL = {
-    "dataset": "digits",
-    "model": "mlp",
-    "model_options": {"widths": [64], "out_dim": 16},
-    "iterations": 300,
-    "eval_every": 100,
-    "batch_size": 64,
-    "probe_iterations": 20,
-}
 CONFIG = {
     "results": "results",
     "experiments": {
         "tiny": {
-            "base": SMALL,
+            "base": SMALL_RUN,
             "losses": {
                 "ce": {"loss": "ce"},
                 "supcon": {"loss": "supcon"},
@@ -62,13 +55,7 @@ CONFIG = {
     },
 }
 RUN_IDS = {"ce_R1_p0_s0", "supcon_nw0_R1_p0_s0", LONG_RUN}
-# What a CPU-only node with 2 cores needs; everything else is the repository's profile.
-CLUSTER_ENV = {
-    "PROTOLIB_SLURM_CPUS_PER_GPU": "1",
-    "PROTOLIB_SLURM_MEM_PER_GPU_MB": "2000",
-    "PROTOLIB_SLURM_RUNS_PER_JOB": "3",
-}
-PLUGIN_FLAGS = ["--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5"]
+CLUSTER_ENV = {**NODE_ENV, "PROTOLIB_SLURM_RUNS_PER_JOB": "3"}  # the three runs in one job
 TABLES = ("metrics.parquet", "geometry.parquet", "gamma.parquet", "data.parquet")
 AGGREGATES = [f"results/tiny/aggregate/{name}.parquet" for name in ("metrics", "geometry", "gamma")]
 
@@ -95,23 +82,11 @@ def cluster():
         pytest.skip(reason)
     state = Path(tempfile.mkdtemp(prefix="protolib-slurm-", dir="/tmp"))
     try:
-        started = subprocess.run(
-            [str(HERE / "start-cluster.sh"), str(state)],
-            capture_output=True,
-            text=True,
-            timeout=420,
-            check=False,
-        )
+        started = cluster_script("start-cluster.sh", state, timeout=420)
         assert started.returncode == 0, started.stdout + started.stderr
         yield state
     finally:
-        stopped = subprocess.run(
-            [str(HERE / "stop-cluster.sh"), str(state)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        stopped = cluster_script("stop-cluster.sh", state, timeout=120)
         pids = _pids(state / "pids.stopped") or _pids(state / "pids")
         alive = [f"{name} ({pid})" for name, pid in pids if _running(pid)]
         assert stopped.returncode == 0 and not alive, (
@@ -157,21 +132,6 @@ def _wait(process: subprocess.Popen, timeout: float, workdir: Path) -> None:
         process.wait()
     output = (workdir / "snakemake.out").read_text()
     assert process.returncode == 0, output[-5000:]
-
-
-def _sacct(workdir: Path) -> pd.DataFrame:
-    """SLURM's accounting records of the jobs submitted from ``workdir``."""
-    fields = ["JobID", "State", "Comment", "AllocTRES", "Timelimit", "WorkDir", "ExitCode"]
-    out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-a", "-S", "now-1hour", "-o", ",".join(fields)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    rows = [line.split("|") for line in out.splitlines() if line.strip()]
-    table = pd.DataFrame(rows, columns=fields)
-    return table[table["WorkDir"] == str(workdir)].reset_index(drop=True)
 
 
 def _kill_long_run_mid_way(slurm_dir: Path, process: subprocess.Popen) -> tuple[str, int]:
@@ -230,7 +190,7 @@ def _summary(workdir: Path, run_id: str) -> dict:
 
 def test_every_job_went_through_sbatch(runs):
     slurm_dir, _, killed_job, _ = runs
-    jobs = _sacct(slurm_dir)
+    jobs = sacct_jobs(slurm_dir, ["JobID", "State", "Comment", "AllocTRES", "Timelimit"])
     # one job for the three training runs (the group small_runs), its retry after the kill,
     # and theory; aggregate, report and tracking are local rules
     assert len(jobs) == 3, jobs

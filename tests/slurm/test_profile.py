@@ -193,12 +193,18 @@ def test_runtime_estimate_matches_a_hand_computation():
     seconds = 120 + steps * 512 * 2e-4 + (steps // 98 + 1) * 60000 * 2e-4 / 3
     assert resources.estimated_seconds(cifar) == pytest.approx(seconds)
     assert resources.job_group(cifar) is None
-    # defaults come from RunConfig
-    assert resources.estimated_seconds({}) == pytest.approx(
-        resources.estimated_seconds(
-            {k: getattr(RunConfig(), k) for k in ("iterations", "batch_size", "eval_every")}
-        )
+    # defaults come from RunConfig: digits, mlp, 1000 iterations of 256, evaluation every 100
+    d = RunConfig()
+    assert (d.dataset, d.model, d.iterations, d.batch_size, d.eval_every, d.views) == (
+        "digits",
+        "mlp",
+        1000,
+        256,
+        100,
+        1,
     )
+    defaults = 120 + 1000 * 256 * 2e-5 + (1000 // 100 + 1) * 1797 * 2e-5 / 3
+    assert resources.estimated_seconds({}) == pytest.approx(defaults)
     assert resources.gpus({}) == 1 and resources.gpus({"device": "cpu"}) == 0
 
 
