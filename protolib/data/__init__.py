@@ -3,7 +3,12 @@ device-resident loader."""
 
 from protolib.data.datasets import DatasetSplits, Split, load_dataset
 from protolib.data.loader import Augment, DeviceLoader, augment_batch
-from protolib.data.transforms import corrupt_labels, step_imbalance
+from protolib.data.transforms import (
+    check_imbalance,
+    corrupt_labels,
+    largest_valid_ratio,
+    step_imbalance,
+)
 
 __all__ = [
     "Augment",
@@ -11,7 +16,9 @@ __all__ = [
     "DeviceLoader",
     "Split",
     "augment_batch",
+    "check_imbalance",
     "corrupt_labels",
+    "largest_valid_ratio",
     "load_dataset",
     "step_imbalance",
 ]

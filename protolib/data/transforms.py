@@ -68,6 +68,33 @@ def step_imbalance(labels: Tensor, ratio: float, num_classes: int, seed: int) ->
     return torch.from_numpy(np.flatnonzero(keep).astype(np.int64))
 
 
+def largest_valid_ratio(labels: Tensor, num_classes: int) -> int:
+    """The largest STEP ratio ``R`` that leaves every class at least one training point.
+
+    A minority class ``c`` keeps ``⌊n_c / R⌋`` points (:func:`step_imbalance`), so ``R`` may
+    be at most the smallest minority class size ``n_c``. ``labels`` int ``(N,)``.
+    """
+    array = _check_labels(labels, num_classes, 1)
+    counts = np.bincount(array, minlength=num_classes)
+    minority = counts[math.ceil(num_classes / 2) :]
+    return int(minority.min()) if minority.size else int(counts.min())
+
+
+def check_imbalance(labels: Tensor, ratio: float, num_classes: int) -> None:
+    """Raise ``ValueError`` (naming ``imbalance_ratio`` and the largest valid ratio) when
+    STEP imbalance with ``ratio`` would leave a class without a training point."""
+    array = _check_labels(labels, num_classes, 1)
+    counts = np.bincount(array, minlength=num_classes)
+    for c in range(num_classes):
+        kept = counts[c] if c < math.ceil(num_classes / 2) else _floor(counts[c] / ratio)
+        if kept < 1:
+            raise ValueError(
+                f"imbalance_ratio {ratio!r} leaves class {c} ({int(counts[c])} training points) "
+                f"without any; the largest valid imbalance_ratio for this dataset is "
+                f"{largest_valid_ratio(labels, num_classes)}"
+            )
+
+
 def corrupt_labels(
     labels: Tensor, fraction: float, num_classes: int, seed: int, mode: str = "other"
 ) -> tuple[Tensor, Tensor]:

@@ -28,10 +28,13 @@ def _check(num_classes: int, rho: float) -> None:
 
 
 def ce_bound_frobenius(num_classes: int, rho: float, weight_norm: float) -> float:
-    """Theorem 1: ``L_CE ≥ log(1 + (K−1) exp(−ρ sqrt(K/(K−1)) ‖W‖_F))`` for ``‖h_i‖ ≤ ρ``."""
+    """Theorem 1: ``L_CE ≥ log(1 + (K−1) exp(−ρ (√K/(K−1)) ‖W‖_F))`` for ``‖h_i‖ ≤ ρ``.
+
+    Attained at the simplex with equinorm weights for every ``K`` (MATH.md §4, corrected).
+    """
     _check(num_classes, rho)
     K = num_classes
-    return math.log1p((K - 1) * math.exp(-rho * math.sqrt(K / (K - 1)) * weight_norm))
+    return math.log1p((K - 1) * math.exp(-rho * math.sqrt(K) / (K - 1) * weight_norm))
 
 
 def ce_bound_row_norm(num_classes: int, rho: float, r: float) -> float:

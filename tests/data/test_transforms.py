@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from protolib.data import corrupt_labels, step_imbalance
+from protolib.data import check_imbalance, corrupt_labels, largest_valid_ratio, step_imbalance
 
 
 def uneven_labels(K: int, seed: int = 0) -> torch.Tensor:
@@ -58,6 +58,23 @@ def test_step_imbalance_deterministic_and_seeded():
 def test_step_imbalance_rejects_bad_ratio(ratio):
     with pytest.raises(ValueError, match=r"imbalance ratio must be >= 1"):
         step_imbalance(uneven_labels(3), ratio, 3, seed=0)
+
+
+@pytest.mark.parametrize("counts", [[5, 9, 4, 7], [30, 2, 8], [3, 3, 3, 3, 3], [10, 6, 6, 12, 7]])
+def test_largest_valid_ratio_is_the_last_ratio_keeping_every_class(counts):
+    K = len(counts)
+    labels = torch.tensor([c for c, n in enumerate(counts) for _ in range(n)])
+    largest = largest_valid_ratio(labels, K)
+    # brute force over ratios: the largest (integer or not) R whose STEP split keeps every class
+    for ratio in [largest, largest - 0.5, 1.0]:
+        kept = np.bincount(labels[step_imbalance(labels, ratio, K, 0)].numpy(), minlength=K)
+        assert kept.min() >= 1
+        check_imbalance(labels, ratio, K)
+    for ratio in [largest + 1e-6, largest + 1, 10 * largest]:
+        kept = np.bincount(labels[step_imbalance(labels, ratio, K, 0)].numpy(), minlength=K)
+        assert kept.min() == 0
+        with pytest.raises(ValueError, match=rf"imbalance_ratio .* largest valid .* is {largest}$"):
+            check_imbalance(labels, ratio, K)
 
 
 def test_transforms_reject_labels_out_of_range():

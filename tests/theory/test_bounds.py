@@ -97,13 +97,13 @@ def test_ce_bounds_are_attained_at_the_simplex(K, rho, lam):
     assert 2 * lam * r == pytest.approx(rhs, rel=1e-12)
     assert ce_at_simplex(K, rho, r) + lam * K * r * r == pytest.approx(bound, rel=1e-12)
     assert ce_bound_row_norm(K, rho, r) == pytest.approx(ce_at_simplex(K, rho, r), rel=1e-12)
-    # Theorem 1 as stated in MATH.md holds at the simplex, and is attained there only for
-    # K = 2 (for K > 2 its exponent exceeds Corollary 1's by a factor sqrt(K − 1))
+    # Theorem 1 (MATH.md §4, corrected exponent ρ √K/(K−1) ‖W‖_F) is attained at the simplex
+    # with equinorm weights, ‖W‖_F = √K r, for every K, and agrees there with Corollary 1
     frobenius = ce_bound_frobenius(K, rho, math.sqrt(K) * r)
-    assert frobenius <= ce_at_simplex(K, rho, r)
-    assert ce_bound_frobenius(2, rho, math.sqrt(2) * r) == pytest.approx(
-        ce_at_simplex(2, rho, r), rel=1e-12
-    )
+    assert frobenius == pytest.approx(ce_at_simplex(K, rho, r), rel=1e-12)
+    assert frobenius == pytest.approx(ce_bound_row_norm(K, rho, r), rel=1e-12)
+    # the exponent by hand: log(1 + (K−1) exp(−ρ (√K/(K−1)) √K r)) = log(1 + (K−1) e^{−ρKr/(K−1)})
+    assert frobenius == pytest.approx(math.log1p((K - 1) * math.exp(-rho * K * r / (K - 1))))
     # r* minimises the bound's right-hand side over r
     for other in (0.9 * r, 1.1 * r):
         assert ce_bound_row_norm(K, rho, other) + lam * K * other**2 > bound
