@@ -32,8 +32,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
+# `snakemake --cores all all`, through a launcher that first clears the stale lock a killed
+# run leaves (and refuses while a snakemake is still working in this directory).
 run: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all all
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python workflow/scripts/launch.py $(BIN)/snakemake --cores all all
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/supcon_prototypes.py

@@ -3,13 +3,8 @@
 #   snakemake --profile PROFILE all      a cluster: resources (threads, GPUs, partitions) live in profiles
 # Every rule calls into the protolib package; see workflow/rules/*.smk.
 
-# config.yaml is the default; `--configfile PRESET` replaces it (rather than adding the
-# preset's experiments to the default ones).
-if not workflow.overwrite_configfiles:
-
-    configfile: "config.yaml"
-
-
+# common.smk reads the config (config.yaml, or the `--configfile` presets instead), checks
+# it and expands the grid; a bad config stops there with one line and exit status 2.
 include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from protolib.results.aggregate import RUN_TABLES, aggregate
+from protolib.results.manifest import build_manifest
 from protolib.train import train_run
 
 TEMPLATE_CONFIG = {
@@ -74,7 +75,8 @@ def make_runs(root: Path, n: int) -> list[Path]:
         for name in LINKED:
             os.link(template / name, out / name)
         (out / "config.json").write_text(json.dumps({**config, **grid}, indent=2) + "\n")
-        (out / "summary.json").write_text(json.dumps({**summary, **grid}, indent=2) + "\n")
+        clone = {**summary, **grid, "manifest": build_manifest(out)}  # of the files above
+        (out / "summary.json").write_text(json.dumps(clone, indent=2) + "\n")
         dirs.append(out)
     return dirs
 

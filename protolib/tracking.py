@@ -32,6 +32,18 @@ Deletion is MLflow's soft delete (``mlflow gc`` frees the space). Children whose
 no longer in the aggregate are kept (logged, not deleted). Any failure part-way leaves at
 worst an unsynced extra run, which the next call replaces.
 
+**The marker.** With ``marker=PATH`` a successful sync writes a JSON file (the pipeline's
+``results/<experiment>/tracking.json``) that ties the sync to the store it went to: the
+tracking URI (credentials removed), the MLflow experiment id and the parent run's id.
+:func:`marker_staleness` tells, cheaply and without writing, whether a marker still
+describes its store; for SQLite it checks that the database file exists and still holds
+that parent run (a deleted or recreated store does not), so the pipeline re-syncs.
+
+**Artifacts.** With a local store the artifacts of a run live in
+``<results>/mlartifacts/<experiment>/<MLflow run id>/``. After each sync, folders there
+whose run the store does not know (any lifecycle stage) are removed: they belonged to a
+store that was deleted or recreated, and would otherwise pile up.
+
 **Failure.** An unreachable or failing store raises :class:`TrackingError` with one line,
 within about ``timeout_s`` seconds per request (MLflow's HTTP retries, backoff and
 timeout are set through its environment variables for the duration of the call and
@@ -40,6 +52,7 @@ restored afterwards). Results and aggregate files are only read, never written.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -47,21 +60,24 @@ import math
 import os
 import posixpath
 import re
+import shutil
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from protolib.io import write_json
 from protolib.results.aggregate import RUNS_SCHEMA
 from protolib.results.schema import GRID_FIELDS, METRICS_SCHEMA, read_table
 
-__all__ = ["TrackingError", "default_tracking_uri", "sync_experiment"]
+__all__ = ["TrackingError", "default_tracking_uri", "marker_staleness", "sync_experiment"]
 
 _log = logging.getLogger(__name__)
 
@@ -76,6 +92,28 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 
 # MLflow's limits (mlflow.utils.validation): entities per log_batch call, value lengths
 MAX_METRICS_PER_BATCH = 1000
+
+
+@contextmanager
+def _store_lock(database: Path | None) -> Iterator[None]:
+    """Syncs to one SQLite store take turns (an exclusive ``flock`` on a file beside it).
+
+    Snakemake runs the tracking jobs of several experiments at once, each in its own
+    process; two of them creating the store at the same time break MLflow's schema
+    migration, and SQLite serialises writers anyway. Server stores need no lock.
+    """
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.parent / f".{database.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 MAX_ENTITIES_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_PARAM_VALUE_LENGTH = 6000
@@ -489,6 +527,7 @@ def sync_experiment(
     run_dirs: Mapping[str, Path] | None = None,
     artifacts: Sequence[Path] = (),
     timeout_s: float = 30,
+    marker: Path | None = None,
 ) -> dict:
     """Mirror ``aggregate_dir/{runs,metrics}.parquet`` into MLflow; see the module docstring.
 
@@ -503,6 +542,8 @@ def sync_experiment(
         artifacts: files or folders (plots, tables) for the parent run; those under the
             experiment folder keep their sub-folder (``plots/…``).
         timeout_s: about how long one MLflow request may take before the sync gives up.
+        marker: where to write, after a successful sync, the marker that ties it to the
+            store (see the module docstring); ``None`` writes none.
 
     Returns:
         ``{"created": n, "updated": n, "unchanged": n}``, counting child runs.
@@ -520,14 +561,18 @@ def sync_experiment(
         artifact_location = (results.resolve() / "mlartifacts" / experiment).as_uri()
     if uri == default_tracking_uri(results):
         results.mkdir(parents=True, exist_ok=True)
+    database = _sqlite_path(uri)
     started = time.monotonic()
-    try:
-        with _environment(_http_policy(timeout_s)):
-            counts = _sync(inputs, uri, experiment, artifact_location)
-    except TrackingError:
-        raise
-    except Exception as error:
-        raise _tracking_error(uri, error) from error
+    with _store_lock(database):
+        if database is not None and not database.exists():
+            _forget_cached_stores(uri)
+        try:
+            with _environment(_http_policy(timeout_s)):
+                counts, identity = _sync(inputs, uri, experiment, artifact_location)
+        except TrackingError:
+            raise
+        except Exception as error:
+            raise _tracking_error(uri, error) from error
     _log.info(
         "synced %s to %s in %.1f s: %s",
         experiment,
@@ -535,12 +580,114 @@ def sync_experiment(
         time.monotonic() - started,
         counts,
     )
+    if marker is not None:
+        write_json(
+            marker,
+            {"experiment": experiment, **counts, "tracking_uri": _redact(uri), **identity},
+        )
     return counts
+
+
+def _forget_cached_stores(uri: str) -> None:
+    """Drop MLflow's cached store and engine of ``uri``, whose SQLite file was deleted.
+
+    MLflow caches both per process; a cached engine keeps the deleted file open and would
+    write into it (lost on close) instead of creating the new store.
+    """
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    except (ImportError, AttributeError):  # another MLflow: nothing cached that way
+        return
+    if engine is not None:
+        engine.dispose()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (``None`` for other stores, in memory)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    path = uri[len(prefix) :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def marker_staleness(marker: Path, *, tracking_uri: str | None, results: Path) -> str | None:
+    """Why the sync marker ``marker`` no longer describes its store, or ``None``.
+
+    ``None`` when the marker is missing (nothing to compare: the pipeline runs the sync
+    anyway) or is current. Stale: unreadable, written by an older protolib (no store
+    identity), another tracking URI, or, for SQLite, a database file that is missing or
+    no longer holds the marker's parent run (deleted or recreated store). Other stores
+    are taken as current (checking them needs the network). Opens the database
+    read-only: nothing is written.
+    """
+    try:
+        data = json.loads(Path(marker).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return f"{marker} cannot be read ({_one_line(error, 120)})"
+    uri = tracking_uri or default_tracking_uri(results)
+    if not isinstance(data, dict) or "parent_run_id" not in data:
+        return f"{marker} does not record the store it describes (an older protolib)"
+    if data.get("tracking_uri") != _redact(uri):
+        return f"{marker} describes the store {data.get('tracking_uri')}, not {_redact(uri)}"
+    database = _sqlite_path(uri)
+    if database is None:
+        return None
+    if not database.is_file():
+        return f"the MLflow store {database} is missing"
+    try:
+        with sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True) as db:
+            row = db.execute(
+                "SELECT lifecycle_stage FROM runs WHERE run_uuid = ? AND experiment_id = ?",
+                (str(data["parent_run_id"]), str(data.get("mlflow_experiment_id"))),
+            ).fetchone()
+    except sqlite3.Error as error:
+        return f"the MLflow store {database} cannot be read ({_one_line(error, 120)})"
+    if row is None or row[0] != "active":
+        return f"the MLflow store {database} no longer holds the runs {marker} describes"
+    return None
+
+
+def _clean_artifacts(mirror: _Mirror, artifact_location: str | None) -> None:
+    """Remove run folders under the experiment's local artifact root that no run owns."""
+    if artifact_location is None:
+        return
+    from mlflow.entities import ViewType
+
+    experiment = mirror.client.get_experiment(mirror.experiment_id)
+    if experiment.artifact_location != artifact_location:
+        return  # a root this sync does not manage
+    root = Path(unquote(urlsplit(artifact_location).path))
+    if not root.is_dir():
+        return
+    known, token = set(), None
+    while True:
+        page = mirror.client.search_runs(
+            [mirror.experiment_id], run_view_type=ViewType.ALL, max_results=1000, page_token=token
+        )
+        known.update(run.info.run_id for run in page)
+        token = page.token
+        if not token:
+            break
+    for folder in root.iterdir():
+        if (
+            folder.is_dir()
+            and re.fullmatch(r"[0-9a-f]{32}", folder.name)
+            and folder.name not in known
+        ):
+            _log.info("removing %s: its MLflow run is not in the store", folder)
+            shutil.rmtree(folder)
 
 
 def _sync(
     inputs: _Inputs, uri: str, experiment: str, artifact_location: str | None
-) -> dict[str, int]:
+) -> tuple[dict[str, int], dict[str, str]]:
     mirror = _Mirror(uri, experiment, artifact_location)
     # the parent
     parent = inputs.parent(experiment)
@@ -571,4 +718,5 @@ def _sync(
             if run.data.tags.get(PARENT_RUN_TAG) != parent_id:
                 mirror.client.set_tag(run.info.run_id, PARENT_RUN_TAG, parent_id)
     mirror.delete([run for run in parents if run.info.run_id != parent_id])
-    return counts
+    _clean_artifacts(mirror, artifact_location)
+    return counts, {"mlflow_experiment_id": str(mirror.experiment_id), "parent_run_id": parent_id}

@@ -7,6 +7,7 @@ MLflow SQLite store takes several seconds.
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import socket
 import threading
@@ -26,6 +27,7 @@ from protolib.tracking import (
     TrackingError,
     default_tracking_uri,
     flatten_params,
+    marker_staleness,
     sync_experiment,
 )
 from protolib.train import train_run
@@ -371,3 +373,75 @@ def test_a_missing_aggregate_is_reported_before_mlflow_is_touched(tmp_path):
     with pytest.raises(TrackingError, match=r"runs\.parquet is missing; run the aggregate"):
         sync_experiment(tmp_path / "agg", experiment="x", results=tmp_path)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_marker_ties_a_sync_to_its_store_and_orphaned_artifacts_are_removed(results, tmp_path):
+    name = "marker"
+    make_aggregate(results, name)
+    store = tmp_path / "store"  # a results folder of its own: its mlflow.db is deleted below
+    database = (store / "mlflow.db").resolve()
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    kwargs = {"experiment": name, "results": store, "run_dirs": run_dirs(results)}
+    sync_experiment(results / name / "aggregate", marker=first, **kwargs)
+    marker = json.loads(first.read_text())
+    assert marker["tracking_uri"] == default_tracking_uri(store)
+    assert marker["experiment"] == name and marker["created"] == len(RUN_IDS)
+    assert marker_staleness(first, tracking_uri=None, results=store) is None
+    artifacts = store / "mlartifacts" / name
+    before = {p.name for p in artifacts.iterdir()}
+    assert len(before) == len(RUN_IDS)  # one folder per child (the parent has no artifacts)
+
+    database.unlink()
+    assert marker_staleness(first, tracking_uri=None, results=store) == (
+        f"the MLflow store {database} is missing"
+    )
+    sync_experiment(results / name / "aggregate", marker=second, **kwargs)  # a new store
+    assert marker_staleness(first, tracking_uri=None, results=store) == (
+        f"the MLflow store {database} no longer holds the runs {first} describes"
+    )
+    assert marker_staleness(second, tracking_uri=None, results=store) is None
+    after = {p.name for p in artifacts.iterdir()}
+    assert len(after) == len(RUN_IDS) and not after & before  # the old ones are gone
+    other = "http://tracking.example:5000"
+    assert marker_staleness(second, tracking_uri=other, results=store) == (
+        f"{second} describes the store {default_tracking_uri(store)}, not {other}"
+    )
+    assert marker_staleness(tmp_path / "absent.json", tracking_uri=None, results=store) is None
+
+
+def test_two_processes_creating_one_store_take_turns(results, tmp_path):
+    """Snakemake runs the tracking jobs of two experiments in two processes at once: both
+    create the fresh SQLite store together. Without the store lock one of them failed in
+    MLflow's schema migration ("Online migration expected to match one row")."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    store.mkdir()
+    script = (
+        "import sys; from pathlib import Path; from protolib.tracking import sync_experiment\n"
+        "results, store, name = map(Path, sys.argv[1:])\n"
+        "sync_experiment(results / name.name / 'aggregate', experiment=name.name, results=store,"
+        " run_dirs={r: results / 'exp' / 'runs' / r for r in"
+        f" {RUN_IDS!r}}})\n"
+    )
+    names = ["race_a", "race_b"]
+    for name in names:
+        make_aggregate(results, name)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(results), str(store), name],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    client = MlflowClient(tracking_uri=default_tracking_uri(store))
+    for name in names:
+        the_parent(client, name)
+        assert set(children_of(client, name)) == set(RUN_IDS)

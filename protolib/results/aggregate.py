@@ -17,11 +17,12 @@ by pyarrow with the declared schemas, so nullability and metadata are exact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from protolib.io import atomic_path
+from protolib.results.manifest import ManifestError, check_entry, manifest_of
 from protolib.results.schema import (
     GAMMA_SCHEMA,
     GEOMETRY_SCHEMA,
@@ -136,6 +138,21 @@ def _check_keys(paths: list[str], summaries: list[dict]) -> None:
         seen[key] = path
 
 
+def _check_identity(paths: list[str], summaries: list[dict]) -> None:
+    """Each summary names its own directory (run_id) and carries a complete manifest."""
+    for path, summary in zip(paths, summaries, strict=True):
+        folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        if summary["run_id"] != folder:
+            raise AggregateError(
+                f"{path} holds run_id {summary['run_id']!r}, expected {folder!r} (the name of "
+                "its run directory): a summary copied from another run?"
+            )
+        try:
+            manifest_of(summary, path)
+        except ManifestError as error:
+            raise AggregateError(str(error)) from None
+
+
 def _summaries_table(paths: list[str], summaries: list[dict]) -> pa.Table:
     columns = {name: [s.get(name) for s in summaries] for name in RUNS_SCHEMA.names}
     try:
@@ -162,6 +179,7 @@ def runs_table(run_dirs: Sequence[str | Path]) -> pa.Table:
     """
     paths, summaries = _load_summaries(run_dirs)
     _check_keys(paths, summaries)
+    _check_identity(paths, summaries)
     order = sorted(
         range(len(summaries)),
         key=lambda i: (summaries[i]["run_id"], summaries[i]["experiment"]),
@@ -182,7 +200,10 @@ def _check_exist(paths: Sequence[str], *, unfinished: bool = False) -> None:
 
 def _check_version(path: str, schema: pa.Schema) -> None:
     """``path`` carries ``schema``'s table name and version in its metadata."""
-    meta = pq.read_schema(path).metadata or {}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException) as error:
+        raise AggregateError(f"{path} is not a readable Parquet file: {error}") from None
     for key in (_TABLE_KEY.encode(), _VERSION_KEY.encode()):
         if meta.get(key) != schema.metadata[key]:
             found = meta[key].decode() if key in meta else None
@@ -234,17 +255,114 @@ def _concat(files: list[str], schema: pa.Schema, connection: duckdb.DuckDBPyConn
     return table.cast(schema)
 
 
+def _file_ids(files: list[str], connection: duckdb.DuckDBPyConnection) -> dict[str, tuple]:
+    """Per file: (min, max run_id, min, max experiment, rows with a null key).
+
+    A grouped scan of the two key columns; as costly as the tables' scan itself, so only
+    run to find the culprit once the concatenated table is known to be wrong.
+    """
+    rows = connection.sql(
+        "SELECT filename, min(run_id), max(run_id), min(experiment), max(experiment), "
+        "count(*) FILTER (WHERE run_id IS NULL OR experiment IS NULL) "
+        "FROM read_parquet($files, filename = true) GROUP BY filename",
+        params={"files": files},
+    ).fetchall()
+    return {row[0]: row[1:] for row in rows}
+
+
+def _show(values: set) -> str:
+    return ", ".join(repr(v) for v in sorted(values, key=str))
+
+
+def _verify_ids(
+    name: str,
+    dirs: list[str],
+    summaries: dict[str, dict],
+    pairs: set[tuple],
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    """Each ``dir/name`` holds rows of its own run (``run_id``, ``experiment``) only.
+
+    ``pairs`` are the (run_id, experiment) values of the concatenated table. When they
+    are not those of the summaries (a table copied from another run lacks its own run and
+    repeats another), the files are scanned again to name the one that is wrong.
+    """
+    expected = {(s["run_id"], s["experiment"]) for s in summaries.values()}
+    if pairs == expected:
+        return
+    paths = [os.path.join(d, name) for d in dirs]
+    ids = _file_ids(paths, connection)
+    for folder, path in zip(dirs, paths, strict=True):
+        if path not in ids:  # no rows (an empty table is allowed)
+            continue
+        low_run, high_run, low_exp, high_exp, nulls = ids[path]
+        runs, experiments = {low_run, high_run}, {low_exp, high_exp}
+        run_id, experiment = summaries[folder]["run_id"], summaries[folder]["experiment"]
+        if nulls or runs != {run_id} or experiments != {experiment}:
+            raise AggregateError(
+                f"{path} holds rows of run_id {_show(runs)} in experiment "
+                f"{_show(experiments)}, expected only run_id {run_id!r} in experiment "
+                f"{experiment!r} (from its summary.json): a table copied from another run?"
+            )
+
+
+def _file_digest(path: str) -> tuple[int, str]:
+    data = _read_bytes(path)
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def _verify_bytes(
+    name: str, dirs: list[str], summaries: dict[str, dict], digests: list[tuple[int, str]]
+) -> None:
+    """Each ``dir/name`` has the size and SHA-256 (``digests``) its run's manifest records."""
+    for folder, (size, digest) in zip(dirs, digests, strict=True):
+        path = os.path.join(folder, name)
+        try:
+            check_entry(path, summaries[folder]["manifest"][name], size=size, sha256=digest)
+        except ManifestError as error:
+            raise AggregateError(str(error)) from None
+
+
+def _new_folders(path: Path) -> list[Path]:
+    """The folders that creating ``path`` would create, deepest first."""
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
 def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Path]:
     """Compact ``run_dirs`` into ``out_dir/{runs,metrics,geometry,gamma}.parquet``.
 
+    Every table read is verified first: its size and SHA-256 against the run's manifest
+    (:mod:`protolib.results.manifest`), and its ``run_id``/``experiment`` values against
+    the run's ``summary.json``, whose ``run_id`` must be its directory's name.
+
     Returns table name (``runs``, ``metrics``, …) → path written. Raises
-    :class:`AggregateError` when a run is unfinished or unreadable; then no output is
-    replaced (each table goes to a temporary file, and all four are renamed at the end).
+    :class:`AggregateError` naming the file when a run is unfinished, unreadable or
+    inconsistent; then no output is replaced (each table goes to a temporary file, and
+    all four are renamed at the end) and no folder is left behind (``out_dir`` is only
+    created when the tables are written).
     """
     dirs = [os.fspath(d) for d in run_dirs]
     for name in [SUMMARY, *RUN_TABLES]:  # fail before any work when a run is unfinished
         _check_exist([os.path.join(d, name) for d in dirs], unfinished=name == SUMMARY)
     out = Path(out_dir)
+    created = _new_folders(out)
+    try:
+        return _aggregate(dirs, out)
+    except BaseException:
+        for folder in created:  # deepest first; only folders this call created, if empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _aggregate(dirs: list[str], out: Path) -> dict[str, Path]:
     names = ["runs.parquet", *RUN_TABLES]
     connection = duckdb.connect()
     cancelled = threading.Event()
@@ -253,31 +371,61 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, 
             temps = {name: renames.enter_context(atomic_path(out / name)) for name in names}
             # one thread scans the per-run tables with DuckDB (which releases the GIL and
             # uses every core) and hands each table to a writer thread; meanwhile this
-            # thread parses the summaries
+            # thread parses the summaries and checks the files' bytes against the
+            # manifests. Nothing is renamed into place before every check has passed.
             with ThreadPoolExecutor(max_workers=2) as pool:
 
                 def write(name: str, table: pa.Table) -> None:
                     pq.write_table(table, temps[name])
 
-                def scan() -> list[Future]:
-                    writes = []
+                def scan() -> dict[str, tuple]:
+                    found = {}
                     for name, schema in RUN_TABLES.items():
                         if cancelled.is_set():
                             break
                         paths = [os.path.join(d, name) for d in dirs]  # checked above
-                        table = _concat(paths, schema, connection)
-                        writes.append(pool.submit(write, name, table))
-                    return writes
+                        try:
+                            table = _concat(paths, schema, connection)
+                        except AggregateError as error:  # reported after the checks
+                            found[name] = (None, None, error)
+                            continue
+                        keys = table.group_by(["run_id", "experiment"]).aggregate([])
+                        pairs = set(zip(*keys.to_pydict().values(), strict=True))
+                        found[name] = (pairs, pool.submit(write, name, table), None)
+                    return found
 
                 scans = pool.submit(scan)
                 try:
-                    write("runs.parquet", runs_table(dirs))
+                    paths, summaries = _load_summaries(dirs)
+                    _check_keys(paths, summaries)
+                    _check_identity(paths, summaries)
+                    by_dir = dict(zip(dirs, summaries, strict=True))
+                    order = sorted(
+                        range(len(summaries)),
+                        key=lambda i: (summaries[i]["run_id"], summaries[i]["experiment"]),
+                    )
+                    runs = _summaries_table(
+                        [paths[i] for i in order], [summaries[i] for i in order]
+                    )
+                    write("runs.parquet", runs)
+                    digests = {  # while DuckDB scans: the bytes are in the page cache
+                        name: [_file_digest(os.path.join(d, name)) for d in dirs]
+                        for name in RUN_TABLES
+                    }
+                    found = scans.result()
+                    for name, (pairs, _, _) in found.items():
+                        if pairs is not None:
+                            _verify_ids(name, dirs, by_dir, pairs, connection)
+                    for name in RUN_TABLES:
+                        _verify_bytes(name, dirs, by_dir, digests[name])
                 except BaseException:
                     cancelled.set()
                     connection.interrupt()
                     raise
-                for future in scans.result():
-                    future.result()
+                for _, writing, error in found.values():
+                    if error is not None:
+                        raise error
+                    writing.result()
     finally:
         connection.close()
     return {name.removesuffix(".parquet"): out / name for name in names}

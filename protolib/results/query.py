@@ -21,6 +21,7 @@ floats or integers).
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 
 import duckdb
@@ -49,7 +50,50 @@ _SQL_TYPES = {
 
 
 class QueryError(ValueError):
-    """No aggregated results to query, or an unknown experiment."""
+    """No aggregated results to query, an unknown experiment, or a statement that writes."""
+
+
+#: statement types that only read (SELECT covers WITH, VALUES, FROM-first, DESCRIBE, SHOW,
+#: SUMMARIZE); EXPLAIN is checked on the statement it explains (EXPLAIN ANALYZE runs it)
+READ_ONLY = {duckdb.StatementType.SELECT}
+_EXPLAIN = re.compile(
+    r"^(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*EXPLAIN\b\s*(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\b)?",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _statement_kind(statement: duckdb.Statement) -> str | None:
+    """``None`` for a read-only statement, else the name of its type (``COPY``, …)."""
+    if statement.type in READ_ONLY:
+        return None
+    if statement.type == duckdb.StatementType.EXPLAIN:
+        match = _EXPLAIN.match(statement.query)
+        if match is None:
+            return "EXPLAIN"
+        try:
+            inner = duckdb.extract_statements(statement.query[match.end() :])
+        except duckdb.Error:
+            return "EXPLAIN"
+        if len(inner) != 1:
+            return "EXPLAIN"
+        kind = _statement_kind(inner[0])
+        return None if kind is None else f"EXPLAIN {kind}"
+    return statement.type.name
+
+
+def check_read_only(sql: str) -> None:
+    """Raise :class:`QueryError` unless every statement of ``sql`` only reads.
+
+    Allowed: SELECT and what DuckDB parses as one (WITH … SELECT, VALUES, FROM-first,
+    DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN of those. Everything else (COPY, ATTACH,
+    CREATE, INSERT, INSTALL, LOAD, SET, PRAGMA, CALL, EXPORT, …) is refused, decided by
+    DuckDB's own parser; ``duckdb.Error`` for SQL that does not parse.
+    """
+    for statement in duckdb.extract_statements(sql):
+        kind = _statement_kind(statement)
+        if kind is not None:
+            article = "an" if kind[0] in "AEIOU" else "a"
+            raise QueryError(f"only read-only queries are allowed; got {article} {kind} statement")
 
 
 def experiments(results: str | Path = "results") -> list[str]:
@@ -113,6 +157,9 @@ def connect(
             else:
                 source = _empty_view(schema)
             connection.execute(f'CREATE VIEW "{table}" AS {source}')
+        # no extension downloads (they write to the home folder), then no more settings
+        connection.execute("SET autoinstall_known_extensions = false")
+        connection.execute("SET lock_configuration = true")
     except BaseException:
         connection.close()
         raise
@@ -143,8 +190,11 @@ def query_arrow(
 ) -> pa.Table:
     """The result of ``sql`` over the views of :func:`connect`, as an Arrow table.
 
-    Raises :class:`QueryError` as :func:`connect` does, and ``duckdb.Error`` for bad SQL.
+    Only read-only statements run (:func:`check_read_only`). Raises :class:`QueryError`
+    as :func:`connect` does or for a statement that would write, and ``duckdb.Error``
+    for bad SQL.
     """
+    check_read_only(sql)
     connection = connect(results, experiment)
     try:
         relation = connection.sql(sql)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import re
+import shlex
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +17,8 @@ import pytest
 import torch
 import torchvision.datasets
 
-from protolib.data import load_dataset
+from protolib.data import Split, load_dataset
+from protolib.data.datasets import CifarFileError
 
 PLANE = 32 * 32
 
@@ -155,3 +163,261 @@ def test_download_fetches_with_torchvision_then_reads(tmp_path, monkeypatch):
     assert calls == [(str(tmp_path), True)] and len(data.train) == 20
     load_dataset("cifar10", root=str(tmp_path), download=True)  # present: no second fetch
     assert len(calls) == 1
+
+
+# ----------------------------------------------------------------- the archive's own format
+
+
+def py2_pickle(obj) -> bytes:
+    """``obj`` pickled as Python 2's cPickle wrote the CIFAR archives (protocol 2): str as
+    (SHORT_)BINSTRING, small ints as BININT*, numpy arrays through
+    ``numpy.core.multiarray._reconstruct`` with a ``numpy.dtype`` state tuple."""
+    out = bytearray(b"\x80\x02")
+
+    def string(b: bytes) -> None:
+        short = len(b) < 256
+        out.extend((b"U" + bytes([len(b)])) if short else (b"T" + struct.pack("<I", len(b))))
+        out.extend(b)
+
+    def emit(o) -> None:
+        if o is None:
+            out.extend(b"N")
+        elif isinstance(o, bool):
+            out.extend(b"\x88" if o else b"\x89")
+        elif isinstance(o, int):
+            out.extend(b"K" + bytes([o]) if 0 <= o < 256 else b"J" + struct.pack("<i", o))
+        elif isinstance(o, bytes):
+            string(o)
+        elif isinstance(o, tuple | list | dict):
+            out.extend({tuple: b"(", list: b"](", dict: b"}("}[type(o)])
+            for item in o.items() if isinstance(o, dict) else o:
+                for x in item if isinstance(o, dict) else (item,):
+                    emit(x)
+            out.extend({tuple: b"t", list: b"e", dict: b"u"}[type(o)])
+        elif isinstance(o, np.ndarray):
+            out.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n")
+            emit((0,))
+            string(b"b")
+            out.extend(b"\x87R(")  # TUPLE3 REDUCE, then the state tuple
+            emit(1)
+            emit(tuple(o.shape))
+            out.extend(b"cnumpy\ndtype\n")
+            emit((o.dtype.str[1:].encode(), 0, 1))
+            out.extend(b"R")
+            emit((3, o.dtype.str[:1].encode(), None, None, None, -1, -1, 0))
+            out.extend(b"b")
+            emit(False)
+            string(o.tobytes())
+            out.extend(b"tb")
+        else:
+            raise TypeError(type(o))
+
+    emit(obj)
+    return bytes(out + b".")
+
+
+def test_a_batch_in_the_archives_python2_format_loads(tmp_path):
+    """Globals spelled ``numpy.core.multiarray`` (as in the real files), bytes keys, data
+    as one uint8 array, labels as a list: read exactly."""
+    folder, _, (test_data, test_labels) = write_cifar10(tmp_path)
+    rng = np.random.default_rng(5)
+    data = make_data(rng, 300, first=40)  # 921 600 bytes: BINSTRING, not SHORT_BINSTRING
+    labels = [int(v) for v in rng.integers(0, 10, size=300)]
+    entry = {b"batch_label": b"training batch 1 of 5", b"labels": labels, b"data": data}
+    entry[b"filenames"] = [b"x.png"] * 300
+    raw = py2_pickle(entry)
+    assert b"cnumpy.core.multiarray\n_reconstruct\n" in raw
+    assert pickle.loads(raw, encoding="bytes")[b"labels"] == labels  # a well-formed pickle
+    (folder / "data_batch_1").write_bytes(raw)
+    loaded = load_dataset("cifar10", root=str(tmp_path))
+    assert len(loaded.train) == 300 + 4 * 4
+    check_split(Split(loaded.train.images[:300], loaded.train.labels[:300]), data, labels, first=40)
+    check_split(loaded.test, test_data, test_labels, first=70)
+
+
+# ------------------------------------------------------------------- nothing is executed
+
+
+class _Payload:
+    """Unpickling this calls ``call(*args)``: what a crafted dataset folder would do."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+def _payloads(marker: Path) -> dict[str, tuple[bytes, str]]:
+    """name → (pickle bytes that would create ``marker``, the global the error names)."""
+    quoted = shlex.quote(str(marker))
+    system = _Payload(os.system, f"touch {quoted}")
+
+    def dump(obj) -> bytes:
+        return pickle.dumps(obj, protocol=2, fix_imports=False)
+
+    return {
+        "os.system": (dump(system), f"{os.system.__module__}.system"),
+        "open": (dump(_Payload(open, str(marker), "w")), "io.open"),
+        "exec": (dump(_Payload(exec, f"open({str(marker)!r}, 'w')")), "builtins.exec"),
+        "subprocess.call": (
+            dump(_Payload(subprocess.call, ["touch", str(marker)])),
+            "subprocess.call",
+        ),
+        "protocol 0, os.system": (f"cos\nsystem\n(S'touch {quoted}'\ntR.".encode(), "os.system"),
+        "inside a valid batch": (
+            dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [system]}),
+            f"{os.system.__module__}.system",
+        ),
+    }
+
+
+PAYLOADS = list(_payloads(Path("x")))
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_a_crafted_batch_runs_no_code_and_is_refused_in_one_line(tmp_path, payload):
+    folder, _, _ = write_cifar10(tmp_path / "data")
+    marker = tmp_path / "marker"
+    raw, refused = _payloads(marker)[payload]
+    (folder / "data_batch_3").write_bytes(raw)
+    with pytest.raises(ValueError) as error:
+        load_dataset("cifar10", root=str(tmp_path / "data"))
+    assert not marker.exists()
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{folder / 'data_batch_3'} is not a cifar10 batch: ")
+    assert f"it refers to {refused}," in message
+    # the payload is real: plain pickle.load in a child process does create the marker
+    unsafe = "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))"
+    subprocess.run(
+        [sys.executable, "-c", unsafe, str(folder / "data_batch_3")],
+        check=False,
+        capture_output=True,
+    )
+    assert marker.exists()
+
+
+# ---------------------------------------------------------------------- garbage is refused
+
+
+def _good(n: int = 4) -> dict:
+    return {b"data": np.zeros((n, 3072), np.uint8), b"labels": [0] * n}
+
+
+GARBAGE = {
+    "random bytes": (
+        lambda: np.random.default_rng(0).bytes(5000),
+        r"not a readable pickle \(\w+Error: ",
+    ),
+    "truncated pickle": (
+        lambda: pickle.dumps(_good(), protocol=2)[:3000],
+        r"not a readable pickle \(\w+Error: ",
+    ),
+    "bytes after the pickle": (
+        lambda: pickle.dumps(_good(), protocol=2) + b"\x00",
+        r"bytes follow the end of the pickle",
+    ),
+    "a list": (
+        lambda: pickle.dumps([1, 2], protocol=2),
+        r"need a dict with keys b'data' and b'labels', found list",
+    ),
+    "no data key": (
+        lambda: pickle.dumps({b"labels": [0]}, protocol=2),
+        r"need a dict with keys b'data' and b'labels', found \[\"b'labels'\"\]",
+    ),
+    "data of the wrong shape": (
+        lambda: pickle.dumps({**_good(), b"data": np.zeros((4, 3071), np.uint8)}, protocol=2),
+        r"b'data' must be a uint8 array of shape \(N, 3072\) with N >= 1, got uint8 \(4, 3071\)",
+    ),
+    "data of the wrong dtype": (
+        lambda: pickle.dumps({**_good(), b"data": np.full((4, 3072), 300, np.int64)}, protocol=2),
+        r"b'data' must be a uint8 array .*, got int64 \(4, 3072\)",
+    ),
+    "data as bytes": (
+        lambda: pickle.dumps({**_good(), b"data": bytes(4 * 3072)}, protocol=2),
+        r"b'data' must be a uint8 array .*, got a bytes",
+    ),
+    "no images": (
+        lambda: py2_pickle({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}),
+        r"b'data' must be a uint8 array of shape \(N, 3072\) with N >= 1, got uint8 \(0, 3072\)",
+    ),
+    "a label of 10": (
+        lambda: pickle.dumps({**_good(), b"labels": [0, 10, 3, 1]}, protocol=2),
+        r"labels must lie in 0\.\.9, got 0\.\.10",
+    ),
+    "a negative label": (
+        lambda: pickle.dumps({**_good(), b"labels": [0, -1, 3, 1]}, protocol=2),
+        r"labels must lie in 0\.\.9, got -1\.\.3",
+    ),
+    "a label beyond int64": (
+        lambda: pickle.dumps({**_good(), b"labels": [0, 2**70, 3, 1]}, protocol=2),
+        r"labels must lie in 0\.\.9, got 0\.\.1180591620717411303424",
+    ),
+    "float labels": (
+        lambda: pickle.dumps({**_good(), b"labels": [0, 1.5, 3, 1]}, protocol=2),
+        r"b'labels' must be a list of ints, got a list with non-integer entries",
+    ),
+    "too few labels": (
+        lambda: pickle.dumps({**_good(), b"labels": [0, 1, 2]}, protocol=2),
+        r"4 images but 3 labels in b'labels'; need one label per image",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(GARBAGE))
+def test_a_garbage_batch_is_refused_in_one_line_naming_file_and_fault(tmp_path, case):
+    folder, _, _ = write_cifar10(tmp_path)
+    make, expected = GARBAGE[case]
+    (folder / "test_batch").write_bytes(make())
+    with pytest.raises(CifarFileError) as error:
+        load_dataset("cifar10", root=str(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.match(
+        re.escape(f"{folder / 'test_batch'} is not a cifar10 batch: ") + expected, message
+    ), message
+
+
+def test_cifar100_checks_its_own_label_key_and_range(tmp_path):
+    folder, _, _ = write_cifar100(tmp_path)
+    write_batch(
+        folder / "test", make_data(np.random.default_rng(0), 2, 0), [0, 100], b"fine_labels"
+    )
+    with pytest.raises(
+        CifarFileError,
+        match=r"test is not a cifar100 batch: labels must lie in 0\.\.99, got 0\.\.100$",
+    ):
+        load_dataset("cifar100", root=str(tmp_path))
+
+
+def test_protolib_train_reports_a_bad_batch_in_one_line_and_writes_nothing(tmp_path):
+    """End to end (one case: the garbage cases share its exception): exit 2, one line
+    naming the file, no run directory, and the crafted file's command never ran."""
+    folder, _, _ = write_cifar10(tmp_path / "data")
+    marker = tmp_path / "marker"
+    (folder / "data_batch_1").write_bytes(_payloads(marker)["os.system"][0])
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "protolib"),
+            "train",
+            "--out",
+            str(out),
+            "--set",
+            "dataset=cifar10",
+            "--set",
+            "dataset_options=" + json.dumps({"root": str(tmp_path / "data")}),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("protolib train: error: ")
+    assert f"{folder / 'data_batch_1'} is not a cifar10 batch: " in lines[0]
+    assert not out.exists() and not marker.exists()

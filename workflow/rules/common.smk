@@ -1,57 +1,61 @@
-# Validate config.yaml against its schema (registry names filled in at start-up), expand
-# the grid into the run table RUNS = {experiment: {run_id: run config}}, and helpers.
+# Read the config strictly, plan it (protolib.pipeline.plan: plugins, schema with registry
+# names, grid expansion into the run table RUNS = {experiment: {run_id: run config}}, and
+# every check that needs no job), and helpers. A bad config stops here, before any job,
+# with one line on stderr and exit status 2.
 
 import json
 import os
+import re
 import sys
-import tempfile
 from pathlib import Path
 
-import yaml
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
-
 from protolib import resources
-from protolib.pipeline import (
-    PipelineConfigError,
-    describe_validation_error,
-    expand,
-    registry_schema,
-)
+from protolib.pipeline import PipelineConfigError, plan, read_config_file
 
 
-def _fail(message):
-    """One clear line on stderr and a non-zero exit, before any job is planned."""
-    print(f"protolib: {message}", file=sys.stderr)
-    sys.exit(1)
+def _fail(error):
+    """One line on stderr and exit status 2, before any job is planned."""
+    print(f"protolib: {' '.join(str(error).split())}", file=sys.stderr)
+    sys.exit(2)
 
 
-def _validated(config):
+# config.yaml is the default; `--configfile PRESET` replaces it (rather than adding the
+# preset's experiments to the default ones). Snakemake's own YAML reader keeps the last of
+# two equal keys and reports a syntax error without its place, so every config file is
+# read strictly first (Snakemake reads `--configfile` files before this runs: a syntax
+# error there is reported by Snakemake itself).
+if not workflow.overwrite_configfiles:
     try:
-        schema = registry_schema(
-            Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml",
-            config.get("plugins", []) if isinstance(config, dict) else [],
-        )
-    except PipelineConfigError as error:
-        _fail(error)
-    with tempfile.NamedTemporaryFile("w", suffix=".schema.yaml") as handle:
-        yaml.safe_dump(schema, handle)
-        handle.flush()
-        try:
-            validate(config, handle.name)
-        except WorkflowError as error:
-            cause = error.__context__ if hasattr(error.__context__, "validator") else error
-            _fail(describe_validation_error(cause))
-    try:
-        return expand(config)
+        read_config_file("config.yaml")
     except PipelineConfigError as error:
         _fail(error)
 
+    configfile: "config.yaml"
 
-RUNS = _validated(config)
-RESULTS = config["results"]
+
+for _path in dict.fromkeys(map(str, workflow.configfiles)):
+    try:
+        read_config_file(_path)
+    except PipelineConfigError as error:
+        _fail(error)
+
+try:
+    PLAN = plan(
+        config,
+        Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml",
+        check_data=workflow.is_main_process,
+    )
+except PipelineConfigError as error:
+    _fail(error)
+if workflow.is_main_process:
+    for _note in PLAN.notes:
+        print(f"protolib: {_note}", file=sys.stderr)
+RUNS = PLAN.runs
+RESULTS = PLAN.results
+
+
 wildcard_constraints:
-    experiment="|".join(RUNS),
+    experiment="|".join(re.escape(name) for name in RUNS),
     run_id="[A-Za-z0-9][A-Za-z0-9._=,+-]*",
 
 

@@ -33,7 +33,7 @@ rule report:
     log:
         f"{RESULTS}/{{experiment}}/logs/report.log",
     params:
-        gram_runs=config["report"].get("gram_runs"),
+        gram_runs=PLAN.gram_runs,
     run:
         from protolib.results.report import make_report
 

@@ -7,9 +7,54 @@
 # (its type and partition) unless the run is pinned to the CPU, and short GPU runs in the
 # job group "small_runs", which the profile packs several to a SLURM job
 # (protolib/resources.py). Locally these only matter with `--resources gpu=N`.
+#
+# A finished run whose summary.json is corrupt, or whose declared files are missing or of
+# another size than its manifest records, is retrained, and only it (with its
+# experiment's aggregate, report and tracking downstream): the runs are checked once at
+# plan time (one stat per file; protolib.results.manifest) and their train jobs forced,
+# in dry runs too, which only report. When the workflow really starts, the damaged
+# outputs are first moved to <run>/.corrupt/<timestamp>/ (Snakemake would delete them).
+
+from protolib.results.manifest import damaged_runs, quarantine
+
+
+def force_rerun(files):
+    """Force the jobs producing ``files``, as ``--forcerun FILE`` would.
+
+    Called from input functions, that is while Snakemake builds the DAG and before it
+    decides which jobs need to run; a no-op in the processes a cluster job starts.
+    """
+    dag = workflow.dag
+    if files and dag is not None and workflow.is_main_process:
+        dag.forcefiles.update(files)
+
+
+DAMAGED = {}  # run directory -> why it is damaged
+if workflow.is_main_process:  # not in the processes a cluster job starts
+    DAMAGED = damaged_runs(run_dir(e, r) for e in RUNS for r in RUNS[e])
+    for _folder, _why in DAMAGED.items():
+        print(f"protolib: {_why}; retraining {_folder}", file=sys.stderr)
+
+
+def _retrain_if_damaged(wildcards):
+    folder = run_dir(wildcards.experiment, wildcards.run_id)
+    if folder in DAMAGED:
+        force_rerun([f"{folder}/summary.json"])
+    return []
+
+
+onstart:
+    if not workflow.touch:
+        for folder in DAMAGED:
+            kept = quarantine(folder)
+            if kept is not None:
+                print(f"protolib: moved the damaged outputs of {folder} to {kept}", file=sys.stderr)
+
 
 
 rule train:
+    input:
+        _retrain_if_damaged,  # no files: forces the job of a damaged finished run
     output:
         summary=f"{RESULTS}/{{experiment}}/runs/{{run_id}}/summary.json",
         config=f"{RESULTS}/{{experiment}}/runs/{{run_id}}/config.json",
