@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
-from pathlib import Path
 
 import protolib
 from protolib.registry import DATASETS, GEOMETRIES, LOSSES, MODELS
@@ -28,14 +28,17 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_override(text: str) -> tuple[str, object]:
+def _parse_override(text: str) -> tuple[str | None, object]:
+    """``KEY=VALUE`` → ``(key, value)``, VALUE parsed as JSON when it can be (else a bare
+    string such as ``loss=supcon``); ``(None, text)`` when it is not ``KEY=VALUE``, which
+    :func:`_train` refuses in one line (argparse would print two)."""
     key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    if not sep or not key.strip():
+        return None, text
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw  # a bare string such as loss=supcon
+    except (ValueError, RecursionError):
+        value = raw
     return key, value
 
 
@@ -43,29 +46,47 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from protolib.train import RunConfig, RunInterrupted, train_run
+    from protolib.train.config import INT_RANGES, parse_config_json, read_config_file
+    from protolib.train.lock import RunDirectoryInUse
 
+    low, high = INT_RANGES["threads"]
     if args.threads is not None:
-        if args.threads < 1:
-            return _fail("train", f"--threads must be a positive integer, got {args.threads}")
+        if not low <= args.threads <= high:
+            return _fail(
+                "train", f"--threads must be an integer in {low}..{high}, got {args.threads}"
+            )
         torch.set_num_threads(args.threads)
+    overrides: dict[str, object] = {}
+    for key, value in args.overrides:
+        if key is None:
+            return _fail("train", f"--set expects KEY=VALUE, got {value!r}")
+        if key in overrides:
+            return _fail("train", f"--set {key} is given twice; give each key once")
+        overrides[key] = value
     try:
         if args.config == "-":
-            data = json.loads(sys.stdin.read())
+            if sys.stdin is None:
+                return _fail(
+                    "train", "--config - reads the run config from standard input, which is closed"
+                )
+            raw = getattr(sys.stdin, "buffer", sys.stdin).read()  # bytes; text if replaced
+            if isinstance(raw, str):
+                raw = raw.encode("utf-8", "surrogateescape")
+            data = parse_config_json(raw, "on standard input")
         else:
-            data = json.loads(Path(args.config).read_text()) if args.config else {}
-    except FileNotFoundError:
-        return _fail("train", f"run config {args.config!r} does not exist")
-    except json.JSONDecodeError as error:
-        return _fail("train", f"run config {args.config!r} is not valid JSON: {error}")
-    data.update(dict(args.overrides))
-    try:
+            data = read_config_file(args.config) if args.config else {}
+        data.update(overrides)
         config = RunConfig.from_dict(data)
         summary = train_run(config, args.out, progress=args.progress)
     except RunInterrupted as error:
         print(f"protolib train: {error}", file=sys.stderr)
         return 128 + error.signum
+    except RunDirectoryInUse as error:
+        return _fail("train", str(error))
     except (ValueError, FileNotFoundError, TypeError) as error:
         return _fail("train", str(error))
+    except OSError as error:  # the run directory cannot be written
+        return _fail("train", _write_error(error, args.out))
     status = summary["status"]
     fit = summary["time_to_fit"]
     print(
@@ -74,6 +95,18 @@ def _train(args: argparse.Namespace) -> int:
         f"{summary['test_accuracy']}; outputs in {args.out}"
     )
     return 0
+
+
+def _write_error(error: OSError, out: str) -> str:
+    """One line for an output that could not be written (a full disk says so)."""
+    reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    if error.errno == errno.ENOSPC:
+        return (
+            f"no space left on {out} ({reason}); free some space, then re-run the same "
+            "command to resume"
+        )
+    where = f" ({error.filename})" if error.filename else ""
+    return f"cannot write the run directory {out}{where}: {reason}"
 
 
 def _query(args: argparse.Namespace) -> int:

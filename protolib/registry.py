@@ -132,15 +132,31 @@ def load_plugins(
     """Import user modules that register components, then every installed entry point.
 
     ``modules`` are importable module names (``my_losses`` or ``pkg.losses``). A module
-    that cannot be imported raises :class:`ImportError` naming it.
+    that cannot be imported, or whose import raises anything at all (a ``SyntaxError``, a
+    ``ZeroDivisionError``, a ``SystemExit``, …), raises :class:`ImportError` with one line
+    naming the module and the error; so does an entry point that fails to load.
     """
     for module in modules:
         try:
             importlib.import_module(module)
-        except ImportError as error:
-            raise ImportError(f"plugin module {module!r} could not be imported: {error}") from error
+        except (Exception, SystemExit) as error:
+            raise ImportError(
+                f"plugin module {module!r} could not be imported: {_one_line(error)}"
+            ) from error
     for entry in entry_points(group=entry_point_group):
-        entry.load()
+        try:
+            entry.load()
+        except (Exception, SystemExit) as error:
+            raise ImportError(
+                f"plugin entry point {entry.name!r} ({entry.value}, group {entry_point_group!r}) "
+                f"could not be loaded: {_one_line(error)}"
+            ) from error
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: message`` of ``error`` on one line (a plugin's error may span several)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 LOSSES: Registry[Any] = Registry("loss")

@@ -99,3 +99,24 @@ def test_plugin_module_registers_a_loss(tmp_path, monkeypatch):
         ImportError, match="plugin module 'no_such_plugin_mod' could not be imported"
     ):
         load_plugins(["no_such_plugin_mod"])
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ("x = 1 / 0\n", "ZeroDivisionError: division by zero"),
+        ("def f(:\n    pass\n", "SyntaxError: invalid syntax"),
+        ("raise SystemExit(3)\n", "SystemExit: 3"),
+        ("raise RuntimeError('first\\nsecond')\n", "RuntimeError: first second"),
+    ],
+)
+def test_plugin_module_raising_anything_is_an_import_error(tmp_path, monkeypatch, source, error):
+    """Whatever a plugin raises on import becomes one ImportError line naming it."""
+    (tmp_path / "raising_plugin_mod.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError) as caught:
+        load_plugins(["raising_plugin_mod"])
+    message = str(caught.value)
+    assert message.startswith("plugin module 'raising_plugin_mod' could not be imported: ")
+    assert error in message and "\n" not in message, message
+    assert "raising_plugin_mod" not in sys.modules

@@ -1,8 +1,12 @@
 """The run config: one model, one loss, one dataset variant (``protolib train --config``).
 
 A run config is a flat JSON object; every field has its one default here. Validation
-happens before any work: unknown keys, unknown registry names, out-of-range values each
-raise :class:`ConfigError` with one line that says what was wrong and what is allowed.
+happens before any work: unknown keys, unknown registry names, out-of-range values, NaN
+or infinite numbers anywhere (options included) and duplicate keys each raise
+:class:`ConfigError` with one line that says what was wrong and what is allowed.
+
+Integer fields have upper bounds no real run reaches (``INT_RANGES``); a value beyond one
+is a typo or a unit mistake, refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -22,6 +26,27 @@ SAMPLINGS = ("epoch", "replacement")
 DEVICES = ("auto", "cpu", "cuda")
 CORRUPTION_MODES = ("other", "uniform")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
+
+MAX_STEPS = 10**9  # iterations, eval_every, checkpoint_every, probe_iterations, milestones
+MAX_BATCH_SIZE = 2**20
+MAX_SEED = 2**32 - 1  # what numpy's and torch's seeding both accept everywhere
+# The allowed range of each integer field (None is allowed where the default allows it).
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "iterations": (1, MAX_STEPS),
+    "epochs": (1, 10**6),
+    "batch_size": (1, MAX_BATCH_SIZE),
+    "eval_batch_size": (1, MAX_BATCH_SIZE),
+    "views": (1, 64),
+    "crop_padding": (0, 1024),  # and at most the image's height and width (train.run)
+    "n_w": (0, 10_000),
+    "projector_dim": (1, 2**16),
+    "eval_every": (1, MAX_STEPS),
+    "checkpoint_every": (1, MAX_STEPS),
+    "probe_iterations": (0, MAX_STEPS),
+    "threads": (1, 1024),
+    "seed": (0, MAX_SEED),
+}
+MAX_JSON_INT = 2**63 - 1  # no integer in a run config (options included) may exceed this
 
 
 class ConfigError(ValueError):
@@ -85,7 +110,9 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Build and validate a config from a mapping (unknown keys are an error)."""
         if not isinstance(data, dict):
-            raise ConfigError(f"a run config must be a JSON object, got {type(data).__name__}")
+            raise ConfigError(
+                f"a run config must be a JSON object ({{...}}), got {_json_kind(data)}"
+            )
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
         if unknown:
@@ -102,14 +129,8 @@ class RunConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> RunConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"run config {str(path)!r} does not exist") from None
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"run config {str(path)!r} is not valid JSON: {error}") from None
-        return cls.from_dict(data)
+        """Read, parse and validate a run config JSON file."""
+        return cls.from_dict(read_config_file(path))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -131,6 +152,9 @@ class RunConfig:
     def validate(self) -> None:
         """Check every field; raise :class:`ConfigError` on the first problem."""
         _check_type(self)
+        for f in dataclasses.fields(self):
+            if f.name not in INT_RANGES and f.name != "milestones":  # those have ranges
+                check_finite(getattr(self, f.name), f.name)
         if not RUN_ID_PATTERN.match(self.run_id):
             raise ConfigError(
                 f"run_id {self.run_id!r} must start with a letter or digit and contain only "
@@ -155,14 +179,19 @@ class RunConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("corruption_mode", self.corruption_mode, CORRUPTION_MODES)
-        if not (math.isfinite(self.imbalance_ratio) and self.imbalance_ratio >= 1):
+        if not self.imbalance_ratio >= 1:
             raise ConfigError(
                 f"imbalance_ratio must be a number >= 1, got {self.imbalance_ratio!r}"
             )
         if not 0 <= self.label_corruption <= 1:
             raise ConfigError(f"label_corruption must be in [0, 1], got {self.label_corruption!r}")
-        if self.n_w < 0:
-            raise ConfigError(f"n_w must be a non-negative integer, got {self.n_w!r}")
+        for key, (low, high) in INT_RANGES.items():
+            value = getattr(self, key)
+            if value is not None and not low <= value <= high:
+                nullable = " or null" if key in ("iterations", "epochs", "threads") else ""
+                raise ConfigError(
+                    f"{key} must be an integer in {low}..{high}{nullable}, got {value!r}"
+                )
         uses_prototypes = LOSSES.get(self.loss).needs.prototypes
         if self.n_w > 0 and uses_prototypes != "optional":
             raise ConfigError(
@@ -175,43 +204,120 @@ class RunConfig:
             )
         if (self.iterations is None) == (self.epochs is None):
             raise ConfigError("set exactly one of iterations and epochs (the other to null)")
-        for key in (
-            "iterations",
-            "epochs",
-            "batch_size",
-            "views",
-            "eval_every",
-            "eval_batch_size",
-            "projector_dim",
-            "checkpoint_every",
-        ):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-        for key in ("crop_padding", "probe_iterations"):
-            if getattr(self, key) < 0:
-                raise ConfigError(
-                    f"{key} must be a non-negative integer, got {getattr(self, key)!r}"
-                )
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be a positive integer or null, got {self.threads!r}")
-        for key in ("lr", "probe_lr"):
+        for key in ("lr", "probe_lr", "lr_factor", "poly_power"):
             if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)!r}")
+                raise ConfigError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            )
         if self.schedule == "step" and not self.milestones:
             raise ConfigError(
                 "schedule 'step' needs milestones (iterations, or epochs when epochs is set)"
             )
         if list(self.milestones) != sorted(set(self.milestones)) or any(
-            m < 1 for m in self.milestones
+            not 1 <= m <= MAX_STEPS for m in self.milestones
         ):
             raise ConfigError(
-                f"milestones must be increasing positive integers, got {list(self.milestones)}"
+                f"milestones must be increasing integers in 1..{MAX_STEPS}, "
+                f"got {list(self.milestones)}"
             )
+
+
+def check_finite(value: Any, path: str = "") -> None:
+    """Raise :class:`ConfigError` naming the key path (``loss_options.tau``,
+    ``model_options.widths[0]``) of the first NaN or infinite number in ``value``, or of an
+    integer beyond ±(2**63 − 1), which no tensor or seed can hold."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_finite(item, f"{path}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(
+            f"{path or 'value'} must be a finite number, got {value!r} (NaN and infinities "
+            "are not allowed)"
+        )
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_JSON_INT:
+        raise ConfigError(
+            f"{path or 'value'} is out of range: integers must lie within ±{MAX_JSON_INT}, "
+            f"got {value}"
+        )
+
+
+def parse_config_json(raw: bytes, source: str) -> dict[str, Any]:
+    """The JSON object in ``raw`` (the bytes of a run config from ``source``, named in
+    errors). Refuses text that is not UTF-8, not JSON, not an object, or that repeats a key
+    (JSON keeps only the last of a repeated key; a run config honours every key or none)."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"run config {source} is not UTF-8 text (byte {error.start}); give a JSON object"
+        ) from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as error:
+        raise ConfigError(
+            f"run config {source} gives key {error.key!r} twice; give each key once"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"run config {source} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"run config {source} is nested too deeply to be a run config") from None
+    except ValueError as error:  # e.g. an integer literal longer than Python converts
+        raise ConfigError(f"run config {source} is not a valid run config: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"run config {source} must hold a JSON object ({{...}}), got {_json_kind(data)}"
+        )
+    return data
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read and parse a run config JSON file (see :func:`parse_config_json`)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"run config {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"run config {str(path)!r} is a directory, not a JSON file") from None
+    except OSError as error:
+        raise ConfigError(f"run config {str(path)!r} cannot be read: {error.strerror}") from None
+    return parse_config_json(raw, repr(str(path)))
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    """How JSON names the type of ``value`` (for error messages)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
 
 
 def _check_type(config: RunConfig) -> None:
@@ -270,4 +376,12 @@ def _losses_with_n_w() -> list[str]:
     return [name for name in LOSSES.names() if LOSSES.get(name).needs.prototypes == "optional"]
 
 
-__all__ = ["ConfigError", "RunConfig"]
+__all__ = [
+    "INT_RANGES",
+    "MAX_SEED",
+    "ConfigError",
+    "RunConfig",
+    "check_finite",
+    "parse_config_json",
+    "read_config_file",
+]

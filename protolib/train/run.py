@@ -17,7 +17,8 @@ manager's clean-up of an interrupted job keeps it. Re-running the same command o
 same directory resumes from ``resume.pt`` (the
 result is bit-identical on the CPU to an uninterrupted run) or, when ``summary.json``
 exists, returns the finished summary without work. SIGTERM or Ctrl-C saves a
-checkpoint and raises :class:`RunInterrupted`.
+checkpoint and raises :class:`RunInterrupted`. One process owns a run directory at a
+time (:mod:`protolib.train.lock`); a second one is refused at once.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import platform
 import signal
 import subprocess
 import sys
 import threading
 import time
-from contextlib import nullcontext
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,7 @@ from protolib.data import (
     Augment,
     DatasetSplits,
     DeviceLoader,
+    check_imbalance,
     corrupt_labels,
     load_dataset,
     step_imbalance,
@@ -58,12 +63,29 @@ from protolib.registry import LOSSES, RegistryError
 from protolib.results.schema import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA, write_table
 from protolib.train.config import ConfigError, RunConfig
 from protolib.train.evaluate import embed, evaluate_split_pair, final_gram
+from protolib.train.lock import RunDirectoryLock
 from protolib.train.probe import linear_probe
 from protolib.train.schedule import lr_multiplier
 
 CHECKPOINT = "checkpoint.pt"  # the final state, a declared output
 RESUME = "resume.pt"  # periodic state while training; removed when the run completes
 SUMMARY = "summary.json"
+CHECKPOINT_FORMAT = 1  # the "format" of resume.pt and checkpoint.pt
+CHECKPOINT_KEYS = (
+    "format",
+    "config",
+    "step",
+    "status",
+    "network",
+    "optimizer",
+    "scheduler",
+    "loader",
+    "rows",
+    "running",
+    "running_count",
+    "train_seconds",
+    "time_to_fit",
+)
 GAMMA_BINS = 50
 DIVERGENCE_CHECK_EVERY = 50
 
@@ -114,12 +136,20 @@ def prepare(config: RunConfig) -> Prepared:
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    try:
+    with _options_errors("dataset_options"):
         data = load_dataset(config.dataset, **config.dataset_options)
-    except RegistryError as error:
-        raise ConfigError(f"dataset_options: {error}") from None
     K = data.num_classes
     train = data.train
+    _, height, width = data.image_shape
+    if config.crop_padding > min(height, width):
+        raise ConfigError(
+            f"crop_padding must be at most the image size {min(height, width)} for "
+            f"{config.dataset} ({height}x{width} images), got {config.crop_padding}"
+        )
+    try:
+        check_imbalance(train.labels, config.imbalance_ratio, K)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     kept = step_imbalance(train.labels, config.imbalance_ratio, K, config.seed)
     original = train.labels[kept]
     labels, changed = corrupt_labels(
@@ -127,10 +157,8 @@ def prepare(config: RunConfig) -> Prepared:
     )
     needs = LOSSES.get(config.loss).needs
     torch.manual_seed(config.seed)
-    try:
+    with _options_errors("model_options"):
         backbone = build_backbone(config.model, in_shape=data.image_shape, **config.model_options)
-    except RegistryError as error:
-        raise ConfigError(f"model_options: {error}") from None
     dim = config.projector_dim if config.projector != "none" else backbone.out_dim
     uses_prototypes = needs.prototypes == "yes" or (
         needs.prototypes == "optional" and config.n_w > 0
@@ -148,6 +176,8 @@ def prepare(config: RunConfig) -> Prepared:
         raise ConfigError(
             f"{error} (the embedding dimension is set by the model or projector_dim)"
         ) from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ConfigError(f"geometry_options: {_one_line(error)}") from None
     network = Network(
         backbone,
         num_classes=K,
@@ -161,10 +191,8 @@ def prepare(config: RunConfig) -> Prepared:
         loss_options["prototypes"] = prototypes
     if needs.prototypes == "optional":
         loss_options["n_w"] = config.n_w
-    try:
+    with _options_errors("loss_options"):
         loss = LOSSES.create(config.loss, **loss_options)
-    except RegistryError as error:
-        raise ConfigError(f"loss_options: {error}") from None
     on_cuda = device.type == "cuda"
     channels_last = config.channels_last and on_cuda
     network = network.to(device)
@@ -205,6 +233,22 @@ def prepare(config: RunConfig) -> Prepared:
         autocast=config.amp and on_cuda,
         channels_last=channels_last,
     )
+
+
+@contextmanager
+def _options_errors(key: str) -> Iterator[None]:
+    """Turn an error a component raises on its options into a :class:`ConfigError` that
+    names ``key`` (the component's own message says which option and what is allowed)."""
+    try:
+        yield
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ConfigError(f"{key}: {_one_line(error)}") from None
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """The message of ``error`` on one line, at most ``limit`` characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _git_revision() -> str | None:
@@ -330,7 +374,14 @@ def train_run(
     *,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Train one run into ``out_dir`` and return its summary (see the module docstring)."""
+    """Train one run into ``out_dir`` and return its summary (see the module docstring).
+
+    Raises :class:`ConfigError` for any invalid input (config, ``out_dir``, a
+    ``resume.pt`` that is not this run's) before writing anything,
+    :class:`~protolib.train.lock.RunDirectoryInUse` when another process owns
+    ``out_dir``, ``OSError`` when the outputs cannot be written, and
+    :class:`RunInterrupted` after SIGTERM or Ctrl-C.
+    """
     if isinstance(config, str | Path):
         config = RunConfig.from_file(config)
     elif isinstance(config, dict):
@@ -338,30 +389,136 @@ def train_run(
     else:
         config.validate()
     out = Path(out_dir)
-    config_dict = config.to_dict()
-    if (out / SUMMARY).exists():
-        if _read_json(out / "config.json") != config_dict:
-            raise ConfigError(
-                f"{out} already holds a different run; use another --out or delete it"
-            )
-        return json.loads((out / SUMMARY).read_text())
-    if (out / RESUME).exists():
-        # the resume state carries its config (a workflow manager may have removed the
-        # declared outputs of the interrupted job, config.json among them)
-        state = torch.load(out / RESUME, map_location="cpu", weights_only=True)
-        if state.get("config") != config_dict:
-            raise ConfigError(
-                f"{out} holds an interrupted run with a different config; "
-                "use another --out or delete it"
-            )
-    prep = prepare(config)  # raises before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", config_dict)
-    return _Trainer(prep, out, progress).run()
+    _check_out(out)
+    prep = None
+    if not out.is_dir():
+        prep = prepare(config)  # a new run directory: everything is built before it exists
+    with RunDirectoryLock(out):
+        config_dict = config.to_dict()
+        if (out / SUMMARY).exists():
+            return _finished_summary(out, config_dict)
+        state = _load_resume(out / RESUME, config_dict)
+        if prep is None:
+            prep = prepare(config)  # raises before anything is written
+        trainer = _Trainer(prep, out, progress)
+        if state is not None:
+            trainer.restore(state)
+        write_json(out / "config.json", config_dict)
+        return trainer.run()
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``out`` that is, or lies under, something other than a directory."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is" if path == out else f"lies under {path}, which is"
+                raise ConfigError(
+                    f"--out {out} {what} an existing file, not a directory; give a directory path"
+                )
+            return
+
+
+def _finished_summary(out: Path, config_dict: dict[str, Any]) -> dict[str, Any]:
+    """The summary of the finished run in ``out``, if it is this config's run."""
+    if _read_json(out / "config.json") != config_dict:
+        raise ConfigError(f"{out} already holds a different run; use another --out or delete it")
+    summary = _read_json(out / SUMMARY)
+    if not isinstance(summary, dict):
+        raise ConfigError(
+            f"{out / SUMMARY} is not a valid summary; delete it to run this run again"
+        )
+    return summary
+
+
+def _load_resume(path: Path, config_dict: dict[str, Any]) -> dict[str, Any] | None:
+    """The state in ``resume.pt`` (on the CPU), checked to be this run's; None when absent.
+
+    Loading stays ``weights_only``: nothing untrusted is unpickled.
+    """
+    if not path.exists():
+        return None
+    start_over = "delete it to start the run over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # garbage, truncated, empty, or a pickle of other objects
+        raise ConfigError(
+            f"{path} is not a protolib checkpoint ({_why_unloadable(path, error)}); {start_over}"
+        ) from None
+    if not isinstance(state, dict):
+        raise ConfigError(
+            f"{path} is not a protolib checkpoint (it holds a {type(state).__name__}); {start_over}"
+        )
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(
+            f"{path} is not a protolib checkpoint of format {CHECKPOINT_FORMAT} "
+            f"(format {state.get('format')!r}); {start_over}"
+        )
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise ConfigError(
+            f"{path} is not a complete protolib checkpoint (missing {', '.join(missing)}); "
+            f"{start_over}"
+        )
+    if state["config"] != config_dict:
+        raise ConfigError(
+            f"{path.parent} holds an interrupted run with a different config (in {path}); "
+            f"use another --out, or delete {path.name} to start this config's run over"
+        )
+    return state
+
+
+def _why_unloadable(path: Path, error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in a few words."""
+    try:
+        if path.stat().st_size == 0:
+            return "it is empty"
+        if not zipfile.is_zipfile(path):
+            return "it is not a torch checkpoint file"
+    except OSError as os_error:
+        return f"it cannot be read: {os_error.strerror}"
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain data, which are not unpickled"
+    return _one_line(error, 160)
+
+
+def _torch_save(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to ``path``; a failed write (a full disk) raises the ``OSError`` it
+    was, not torch's opaque ``RuntimeError``."""
+    with open(path, "wb") as handle:
+        recorder = _WriteRecorder(handle)
+        try:
+            torch.save(state, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+
+class _WriteRecorder:
+    """A binary file that remembers the ``OSError`` a write raised."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
+    """The JSON in ``path``; None when it is missing or not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class _Trainer:
@@ -421,7 +578,7 @@ class _Trainer:
     # -- state -----------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "step": self.step,
             "status": self.status,
@@ -439,30 +596,35 @@ class _Trainer:
 
     def _save_checkpoint(self, name: str = RESUME) -> None:
         state = self._state()
-        write_atomic(self.out / name, lambda tmp: torch.save(state, tmp))
+        write_atomic(self.out / name, lambda tmp: _torch_save(state, tmp))
         self.last_checkpoint = self.step
 
-    def _restore(self) -> None:
-        path = self.out / RESUME
-        if not path.exists():
-            return
-        state = torch.load(path, map_location=self.prep.device, weights_only=True)
-        self.prep.network.load_state_dict(state["network"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.prep.loader.load_state_dict(state["loader"])
-        self.rows = state["rows"]
-        self.running = {k: v.to(self.prep.device) for k, v in state["running"].items()}
-        self.running_count = state["running_count"]
-        self.train_seconds = state["train_seconds"]
-        self.time_to_fit = state["time_to_fit"]
-        self.step = self.last_checkpoint = state["step"]
-        self.status = state["status"]  # "running", or how a run whose outputs were cut ended
-        self.attempts = list(state.get("attempts", []))
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (checked by :func:`_load_resume`); a state that does not
+        fit this run's model, optimiser or loader raises :class:`ConfigError`."""
+        try:
+            self.prep.network.load_state_dict(state["network"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.prep.loader.load_state_dict(state["loader"])
+            self.rows = state["rows"]
+            self.running = {k: v.to(self.prep.device) for k, v in state["running"].items()}
+            self.running_count = state["running_count"]
+            self.train_seconds = state["train_seconds"]
+            self.time_to_fit = state["time_to_fit"]
+            self.step = self.last_checkpoint = int(state["step"])
+            # "running", or how a run whose outputs were cut ended
+            self.status = state["status"]
+            self.attempts = list(state.get("attempts", []))
+        except Exception as error:
+            path = self.out / RESUME
+            raise ConfigError(
+                f"{path} does not fit this run ({_one_line(error, 160)}); "
+                f"delete it to start the run over"
+            ) from None
 
     # -- loop ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self._restore()
         attempt = _attempt(self.step)
         self.attempts.append(attempt)
         if self.step or not self.interactive:  # where (and from which step) this log begins
@@ -602,6 +764,8 @@ class _Trainer:
 
     # -- outputs ---------------------------------------------------------------------
     def _finish(self, wall_seconds: float) -> dict[str, Any]:
+        from protolib.results.manifest import build_manifest
+
         prep, config, out = self.prep, self.config, self.out
         K = prep.data.num_classes
         final: dict[str, float] = {}
@@ -691,6 +855,8 @@ class _Trainer:
             "hostname": platform.node(),
             "pid": os.getpid(),
             "attempts": self.attempts,
+            # size and sha256 of every other declared output; summary.json is written last
+            "manifest": build_manifest(out),
         }
         write_json(out / SUMMARY, summary)
         (out / RESUME).unlink(missing_ok=True)
