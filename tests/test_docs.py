@@ -54,7 +54,7 @@ TINY_CONFIG = {
         "prototypes": {  # evaluated at step 50, which a README query selects
             "base": {**TINY_BASE, "iterations": 50, "eval_every": 50},
             "losses": {"supcon": {"loss": "supcon"}},
-            "grid": {"n_w": [0, 10], "imbalance_ratio": [1, 50]},
+            "grid": {"n_w": [10], "imbalance_ratio": [50]},
         },
     },
 }
@@ -215,7 +215,7 @@ def test_make_commands_do_what_the_readme_says(repo, tmp_path, command):
     _copy([*MAKE_FILES, "workflow"], tmp_path, venv=False)
     result = _shell(command.replace("make ", "make -n ", 1), tmp_path)
     _ok(result, command)
-    recipe = result.stdout.strip().splitlines()
+    recipe = [line for line in result.stdout.splitlines() if not line.startswith("make[")]
     words = shlex.split(command)
     if words[1:] == ["clean-env"]:
         assert recipe == ["rm -rf .venv"]

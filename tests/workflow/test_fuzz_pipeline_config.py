@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 from protolib.pipeline import GRID_AXES, PipelineConfigError, plan
 from protolib.registry import LOSSES
 from protolib.train.config import RunConfig
-from tests.workflow.test_config_refusals import SCHEMA, TINY, config
+from tests.workflow.test_config_refusals import SCHEMA, TINY
 from tests.workflow.test_pipeline import snakemake
 
 NAN, INF = math.nan, math.inf
@@ -209,27 +211,34 @@ def test_a_config_is_honoured_exactly_or_refused_with_one_line(cfg, workdir, bad
         assert len(runs) == len(expected[name])
 
 
-CLI_CASES = [
-    config(base={**TINY, "seed": 4}, grid={"label_corruption": [0, 0.5]}),
-    config(grid={"imbalance_ratio": [1, 1.0]}),
-    config(base={**TINY, "lr": NAN}),
-    config(losses={"supcon": {"loss": "supcon"}, "supcon_nw0": {"loss": "ce"}}),
-    config(grid={"imbalance_ratio": [2, 500]}),
-    {**config(), "report": {"gram_runs": ["nope"]}},
-]
-
-
-@pytest.mark.parametrize("cfg", CLI_CASES)
-def test_the_command_plans_or_refuses_with_one_line(tmp_path, cfg):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    result = snakemake(tmp_path, "-n", "all", timeout=120)
+@seed(20261130)
+@settings(
+    max_examples=6,  # each is a Snakemake start-up (seconds); the bulk is in-process above
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(cfg=pipeline_configs())
+def test_the_command_plans_or_refuses_with_one_line(cfg, tmp_path):
+    """Generated configs through the real ``snakemake -n``: exit 0 with exactly the runs
+    :func:`plan` expands, or exit 2 with exactly its one line; nothing written either way."""
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    (folder / "taken").write_text("")
+    (folder / "bad_plugin_q.py").write_text("raise RuntimeError('broken plugin')\n")
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = snakemake(folder, "-n", "all", timeout=120)
     lines = [line for line in result.stderr.splitlines() if line.startswith("protolib: config:")]
-    assert not (tmp_path / "results").exists()
+    assert not any((folder / name).exists() for name in ("results", "out", "a b"))
+    sys.path.insert(0, str(folder))  # as the job's PYTHONPATH has it
     try:
-        runs = plan(cfg, SCHEMA, workdir=tmp_path).runs
+        runs = plan(cfg, SCHEMA, workdir=folder).runs
     except PipelineConfigError as error:
         assert result.returncode == 2 and lines == [f"protolib: {error}"], result.stderr
+        event("refused")
         return
+    finally:
+        sys.path.remove(str(folder))
+    event("accepted")
     assert result.returncode == 0 and not lines, result.stderr[-3000:]
     listed = set(re.findall(r"runs/([^/\s]+)/summary\.json", result.stdout))
     assert listed == {rid for r in runs.values() for rid in r}
