@@ -21,7 +21,6 @@ one-line errors with file and line).
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import json
 import math
@@ -34,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from protolib.registry import DATASETS, GEOMETRIES, LOSSES, load_plugins
+from protolib.registry import DATASETS, GEOMETRIES, LOSSES, RegistryError, load_plugins
 from protolib.train.config import RunConfig
 
 GRID_AXES = ("n_w", "imbalance_ratio", "label_corruption", "seed")
@@ -517,23 +516,10 @@ def check_imbalance_ratios(
 
 def _check_options(where: str, dataset: str, options: Mapping[str, Any]) -> None:
     """Dataset options the dataset's loader does not accept are refused."""
-    factory = DATASETS.get(dataset)
     try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return
-    try:
-        signature.bind(**options)
-    except TypeError as error:
-        accepted = [
-            p.name
-            for p in signature.parameters.values()
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-        raise _fail(
-            f"config: {where}: {dict(options)!r} is not allowed ({error}); allowed options of "
-            f"dataset {dataset!r}: {', '.join(accepted) or 'none'}"
-        ) from None
+        DATASETS.check_options(dataset, **options)
+    except RegistryError as error:
+        raise _fail(f"config: {where}: {dict(options)!r} is not allowed ({error})") from None
 
 
 def _written_at(config: Mapping[str, Any], name: str, variant: str, key: str) -> str:

@@ -69,13 +69,19 @@ class Registry(Generic[T]):
         """Call the factory registered under ``name`` with ``kwargs``.
 
         Options the factory does not accept raise :class:`RegistryError` listing the ones
-        it does, before the factory runs.
+        it does, before the factory runs (:meth:`check_options`).
         """
+        self.check_options(name, **kwargs)
+        return self.get(name)(**kwargs)
+
+    def check_options(self, name: str, /, **kwargs: Any) -> None:
+        """Raise :class:`RegistryError` (listing the accepted options) when the factory
+        registered under ``name`` does not accept ``kwargs``; nothing is called."""
         factory = self.get(name)
         try:
             signature = inspect.signature(factory)
-        except (TypeError, ValueError):  # builtins without a signature: let the call decide
-            return factory(**kwargs)
+        except (TypeError, ValueError):  # builtins without a signature: the call decides
+            return
         try:
             signature.bind(**kwargs)
         except TypeError as error:
@@ -88,7 +94,6 @@ class Registry(Generic[T]):
                 f"{self.family} {name!r}: {error}; "
                 f"accepted options: {', '.join(accepted) or 'none'}"
             ) from None
-        return factory(**kwargs)
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

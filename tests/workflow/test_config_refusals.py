@@ -207,6 +207,14 @@ def test_an_imbalance_that_empties_a_class_is_refused_naming_the_largest_valid_r
     assert message.endswith(f"the largest valid imbalance_ratio for this dataset is {largest}")
 
 
+def test_unknown_dataset_options_are_refused_naming_the_accepted_ones():
+    message = refusal(config(base={**TINY, "dataset_options": {"test_fractoin": 0.5}}))
+    assert message.startswith("config: experiments.e.base.dataset_options: ")
+    assert "test_fractoin" in message and message.endswith(
+        "accepted options: test_fraction, split_seed)"
+    )
+
+
 def test_gram_runs_naming_an_unknown_run_is_refused():
     cfg = {**config(), "report": {"gram_runs": ["ce_R1_p0_s0", "ce_R2_p0_s0"]}}
     message = refusal(cfg)
