@@ -290,17 +290,23 @@ def _axis_sources(
                 )
     for axis in GRID_AXES:
         if axis in base:
-            where = f"experiments.{name}.base.{axis}"
-            if axis in grid:
-                raise _fail(
-                    f"config: {where}: {base[axis]!r} conflicts with experiments.{name}.grid."
-                    f"{axis}; allowed: {axis} in one place (a list in grid, or one value in "
-                    "base or a loss variant)"
-                )
-            _check_axis_value(
-                where, axis, base[axis], f" (a list of values belongs in experiments.{name}.grid)"
-            )
+            _check_scalar_axis(name, f"experiments.{name}.base", axis, base[axis], grid)
     return {a: base[a] for a in GRID_AXES if a in base}, grid
+
+
+def _check_scalar_axis(
+    name: str, mapping: str, axis: str, value: Any, grid: Mapping[str, list[Any]]
+) -> None:
+    """A grid key written as one value in ``mapping`` (an experiment's base or a loss
+    variant): a valid axis value, and not also a list under the experiment's grid."""
+    where = f"{mapping}.{axis}"
+    if axis in grid:
+        raise _fail(
+            f"config: {where}: {value!r} conflicts with experiments.{name}.grid.{axis}; "
+            f"allowed: {axis} in one place (a list in grid, or one value in base or a loss "
+            "variant)"
+        )
+    _check_axis_value(where, axis, value, f" (a list of values belongs in experiments.{name}.grid)")
 
 
 def _variant_axes(
@@ -315,16 +321,8 @@ def _variant_axes(
     axes: dict[str, list[Any]] = {}
     for axis in GRID_AXES:
         if axis in spec:
-            where = f"experiments.{name}.losses.{variant}.{axis}"
-            if axis in grid:
-                raise _fail(
-                    f"config: {where}: {spec[axis]!r} conflicts with experiments.{name}.grid."
-                    f"{axis}; allowed: {axis} in one place (a list in grid, or one value in "
-                    "base or a loss variant)"
-                )
-            _check_axis_value(
-                where, axis, spec[axis], f" (a list of values belongs in experiments.{name}.grid)"
-            )
+            where = f"experiments.{name}.losses.{variant}"
+            _check_scalar_axis(name, where, axis, spec[axis], grid)
             axes[axis] = [spec[axis]]
         elif axis == "n_w" and not uses_n_w:
             axes[axis] = [0]  # losses without prototype copies are not repeated per n_w

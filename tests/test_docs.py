@@ -28,21 +28,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.workflow.test_pipeline import TINY_BASE
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "slurm"]
 MAKE_FILES = ["Makefile", "pyproject.toml"]
 INLINE = re.compile(r"^(snakemake |\.venv/bin/|make [\w-]+( [A-Z_]+=.*)?$|protolib [a-z]+ [^:]+$)")
 
-TINY_BASE = {
-    "dataset": "digits",
-    "model": "mlp",
-    "model_options": {"widths": [16], "out_dim": 16},
-    "iterations": 20,
-    "eval_every": 10,
-    "batch_size": 64,
-    "probe_iterations": 5,
-}
 # the experiments the README's query examples name, at the smallest size
 TINY_CONFIG = {
     "results": "results",
