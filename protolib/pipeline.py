@@ -58,7 +58,7 @@ MAX_SEED = 2**32 - 1
 RESULTS_PATTERN = re.compile(r"^[A-Za-z0-9._/+=,@:-]+$")
 _SHOWN_IDS = 6
 #: Train labels and class count per (dataset, options), loaded once per process.
-_TRAIN_LABELS: dict[str, tuple[Any, int]] = {}
+_SPLITS: dict[str, Any] = {}  # dataset key -> DatasetSplits, loaded once per process
 
 
 class PipelineConfigError(ValueError):
@@ -466,13 +466,29 @@ def _plan_time_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return {**options, "download": False} if "download" in options else dict(options)
 
 
+def _unreadable(dataset: str, error: OSError) -> str:
+    return (
+        f"note: dataset {dataset!r} is not readable here ({type(error).__name__}); its "
+        "imbalance ratios and prototype geometries are checked by each train job before it "
+        "writes anything"
+    )
+
+
+def _load(key: str, dataset: str, options: Mapping[str, Any]) -> Any:
+    """The dataset's splits, loaded once per process (never downloaded here)."""
+    from protolib.data import load_dataset
+
+    if key not in _SPLITS:
+        _SPLITS[key] = load_dataset(dataset, **_plan_time_options(options))
+    return _SPLITS[key]
+
+
 def check_imbalance_ratios(
     config: Mapping[str, Any], runs: Mapping[str, Mapping[str, Mapping[str, Any]]]
 ) -> tuple[str, ...]:
     """Refuse an imbalance ratio that leaves a class without a training point; each
     dataset is loaded once per options. A dataset whose files are absent here is not
     checked (its train jobs check before writing anything): a note says so."""
-    from protolib.data import load_dataset
     from protolib.data.transforms import check_imbalance
 
     wanted: dict[str, tuple[str, dict[str, Any], str, set[float]]] = {}
@@ -490,15 +506,10 @@ def check_imbalance_ratios(
         if not ratios:
             continue
         try:
-            if key not in _TRAIN_LABELS:
-                splits = load_dataset(dataset, **_plan_time_options(options))
-                _TRAIN_LABELS[key] = (splits.train.labels, splits.num_classes)
-            labels, num_classes = _TRAIN_LABELS[key]
+            splits = _load(key, dataset, options)
+            labels, num_classes = splits.train.labels, splits.num_classes
         except OSError as error:
-            notes.append(
-                f"note: dataset {dataset!r} is not readable here ({type(error).__name__}); "
-                "its imbalance ratios are checked by each train job before it writes anything"
-            )
+            notes.append(_unreadable(dataset, error))
             continue
         except Exception as error:
             raise _fail(f"config: {where}.dataset_options: {error}") from None
@@ -510,6 +521,74 @@ def check_imbalance_ratios(
                     f"config: {_ratio_key(config, runs, dataset, options, ratio)}: {error}"
                 ) from None
     return tuple(notes)
+
+
+def check_prototype_dims(
+    config: Mapping[str, Any], runs: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> tuple[str, ...]:
+    """Refuse a prototype geometry that does not fit the embedding it is used with (e.g.
+    ``etf`` with K classes needs at least K − 1 dimensions), for every run that uses
+    prototypes (``n_w > 0``, or a loss that always does), each combination of dataset,
+    model, projector and geometry once: the dataset gives K and the image shape, the model
+    or ``projector_dim`` the embedding size. A dataset whose files are absent here is not
+    checked (its train jobs check before writing anything): a note says so."""
+    from protolib.geometry import GeometryError, make_prototypes
+    from protolib.models import build_backbone
+
+    defaults = RunConfig()
+    seen: set[str] = set()
+    notes: list[str] = []
+    for name, experiment in runs.items():
+        for run in experiment.values():
+            value = {k: run.get(k, getattr(defaults, k)) for k in _PROTOTYPE_KEYS}
+            needs = LOSSES.get(value["loss"]).needs.prototypes
+            if not (needs == "yes" or (needs == "optional" and value["n_w"] > 0)):
+                continue
+            key = json.dumps({k: value[k] for k in _PROTOTYPE_KEYS if k != "n_w"}, sort_keys=True)
+            if key in seen:
+                continue
+            seen.add(key)
+            dataset, options = value["dataset"], value["dataset_options"]
+            try:
+                splits = _load(json.dumps([dataset, options], sort_keys=True), dataset, options)
+            except OSError as error:
+                notes.append(_unreadable(dataset, error))
+                continue
+            except Exception as error:
+                where = _written_at(config, name, run["loss_name"], "dataset_options")
+                raise _fail(f"config: {where}: {' '.join(str(error).split())}") from None
+            where = _written_at(config, name, run["loss_name"], "geometry")
+            try:
+                if value["projector"] != "none":
+                    dim = value["projector_dim"]
+                else:
+                    backbone = build_backbone(
+                        value["model"], in_shape=splits.image_shape, **value["model_options"]
+                    )
+                    dim = backbone.out_dim
+                make_prototypes(
+                    value["geometry"], splits.num_classes, dim, **value["geometry_options"]
+                )
+            except (GeometryError, RegistryError, TypeError, ValueError) as error:
+                raise _fail(
+                    f"config: {where}: {' '.join(str(error).split())} (the embedding dimension "
+                    "is set by the model or projector_dim)"
+                ) from None
+    return tuple(notes)
+
+
+_PROTOTYPE_KEYS = (
+    "loss",
+    "n_w",
+    "dataset",
+    "dataset_options",
+    "model",
+    "model_options",
+    "projector",
+    "projector_dim",
+    "geometry",
+    "geometry_options",
+)
 
 
 def _check_options(where: str, dataset: str, options: Mapping[str, Any]) -> None:
@@ -624,7 +703,10 @@ def plan(
     validate_schema(config, schema)
     results = check_results(config.get("results", "results"), Path(workdir or Path.cwd()))
     runs = expand(config)
-    notes = check_imbalance_ratios(config, runs) if check_data else ()
+    notes: tuple[str, ...] = ()
+    if check_data:
+        notes = check_imbalance_ratios(config, runs)
+        notes += tuple(n for n in check_prototype_dims(config, runs) if n not in notes)
     report = config.get("report", {})
     gram_runs = check_gram_runs(report.get("gram_runs"), runs)
     return Plan(

@@ -23,10 +23,10 @@ from protolib.train.config import RunConfig
 from tests.workflow.test_pipeline import ROOT, snakemake
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-TINY = {
+TINY = {  # out_dim 16: the ETF of digits' 10 classes needs at least 9 dimensions
     "dataset": "digits",
     "model": "mlp",
-    "model_options": {"widths": [16], "out_dim": 8},
+    "model_options": {"widths": [16], "out_dim": 16},
     "iterations": 2,
     "eval_every": 1,
     "batch_size": 32,
@@ -215,6 +215,26 @@ def test_unknown_dataset_options_are_refused_naming_the_accepted_ones():
     )
 
 
+def test_a_prototype_geometry_too_big_for_the_embedding_is_refused_at_plan_time():
+    """10 digit classes need an 9-dimensional embedding for the ETF. The run with n_w = 0
+    uses no prototypes (and is the one the expansion validates fully); the n_w = 5 run
+    would fail only in its train job without this check."""
+    small = {**TINY, "model_options": {"widths": [16], "out_dim": 8}}
+    message = refusal(config(base=small, grid={"n_w": [0, 5]}))
+    assert message == (
+        "config: experiments.e.base.geometry: geometry 'etf' with K=10 classes needs "
+        "dim >= 9, got 8 (the embedding dimension is set by the model or projector_dim)"
+    )
+    plan(
+        config(
+            base={**small, "model_options": {"widths": [16], "out_dim": 9}}, grid={"n_w": [0, 5]}
+        ),
+        SCHEMA,
+    )
+    plan(config(base={**small, "projector": "mlp", "projector_dim": 9}, grid={"n_w": [5]}), SCHEMA)
+    plan(config(base=small), SCHEMA)  # no run uses prototypes: nothing to check
+
+
 def test_gram_runs_naming_an_unknown_run_is_refused():
     cfg = {**config(), "report": {"gram_runs": ["ce_R1_p0_s0", "ce_R2_p0_s0"]}}
     message = refusal(cfg)
@@ -363,5 +383,5 @@ def test_the_train_job_gets_exactly_the_values_given_in_base_and_variant(tmp_pat
     assert (job.run_id, job.experiment, job.model_options) == (
         "ce_R10_p0.1000001_s3",
         "e",
-        {"widths": [16], "out_dim": 8},
+        TINY["model_options"],
     )
