@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from protolib.io import atomic_path
-from protolib.results.manifest import ManifestError, check_entry, manifest_of
+from protolib.results.manifest import SUMMARY, ManifestError, check_entry, manifest_of
 from protolib.results.schema import (
     GAMMA_SCHEMA,
     GEOMETRY_SCHEMA,
@@ -75,7 +75,6 @@ RUN_TABLES = {
     "gamma.parquet": GAMMA_SCHEMA,
 }
 
-SUMMARY = "summary.json"
 _TABLE_KEY, _VERSION_KEY = "protolib.table", "protolib.schema_version"
 
 

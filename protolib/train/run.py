@@ -60,6 +60,7 @@ from protolib.io import write_atomic, write_json
 from protolib.losses import Loss, LossNeeds
 from protolib.models import Network, build_backbone
 from protolib.registry import LOSSES, RegistryError
+from protolib.results.manifest import SUMMARY, build_manifest
 from protolib.results.schema import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA, write_table
 from protolib.train.config import ConfigError, RunConfig
 from protolib.train.evaluate import embed, evaluate_split_pair, final_gram
@@ -69,7 +70,6 @@ from protolib.train.schedule import lr_multiplier
 
 CHECKPOINT = "checkpoint.pt"  # the final state, a declared output
 RESUME = "resume.pt"  # periodic state while training; removed when the run completes
-SUMMARY = "summary.json"
 CHECKPOINT_FORMAT = 1  # the "format" of resume.pt and checkpoint.pt
 CHECKPOINT_KEYS = (
     "format",
@@ -764,7 +764,6 @@ class _Trainer:
 
     # -- outputs ---------------------------------------------------------------------
     def _finish(self, wall_seconds: float) -> dict[str, Any]:
-        from protolib.results.manifest import build_manifest
 
         prep, config, out = self.prep, self.config, self.out
         K = prep.data.num_classes

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from protolib.cli import main as cli_main
 from protolib.registry import GEOMETRIES, LOSSES
 from protolib.train import RunConfig
+from tests.train.test_refusals import TINY
 
 FIELDS = [f.name for f in dataclasses.fields(RunConfig)]
 UNKNOWN_KEYS = ["bogus", "Lr", "lr ", "", "loss_options.tau", "n w"]
@@ -107,16 +108,7 @@ JUNK = st.one_of(NUMBERS, NUMBERS, SCALARS, NESTED, st.lists(SCALARS, max_size=3
 
 
 # the tiny valid config the examples below start from
-BASE = {
-    "model": "mlp",
-    "model_options": {"widths": [16], "out_dim": 8},
-    "iterations": 2,
-    "eval_every": 1,
-    "batch_size": 16,
-    "probe_iterations": 0,
-    "checkpoint_every": 1,
-    "threads": 1,
-}
+BASE = {**TINY, "iterations": 2, "eval_every": 1, "batch_size": 16, "checkpoint_every": 1}
 
 
 @st.composite
