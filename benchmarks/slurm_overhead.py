@@ -8,8 +8,8 @@ config (``--runs`` digits runs of 300 iterations, plus theory, aggregate, report
 tracking), each in a fresh directory:
 
 - local: `--cores 2`;
-- SLURM, grouped: `--profile slurm`, the short runs packed into one job (the default);
-- SLURM, one job per run: the same with PROTOLIB_SLURM_RUNS_PER_JOB=1.
+- SLURM, batched: `--profile slurm`, the short runs trained in one job (the default);
+- SLURM, one job per run: the same with `batch_seconds: 0` in the config.
 
 The SLURM runs change only what a two-core CPU node needs (as in the cluster test) and
 use `--slurm-init-seconds-before-status-checks 5`. The cluster is stopped at the end.
@@ -40,11 +40,12 @@ from tests.slurm.cluster import (  # noqa: E402
 )
 
 
-def config(runs: int) -> dict:
+def config(runs: int, batch_seconds: float) -> dict:
     base = SMALL_RUN
     losses = {"ce": {"loss": "ce"}, "supcon": {"loss": "supcon"}}
     seeds = list(range(max(1, runs // len(losses))))
-    return {"experiments": {"tiny": {"base": base, "losses": losses, "grid": {"seed": seeds}}}}
+    experiment = {"base": base, "losses": losses, "grid": {"seed": seeds}}
+    return {"batch_seconds": batch_seconds, "experiments": {"tiny": experiment}}
 
 
 def timed(args: list[str], workdir: Path, env: dict[str, str]) -> float:
@@ -79,14 +80,14 @@ def main() -> None:
     slurm = ["--profile", str(ROOT / "slurm"), *PLUGIN_FLAGS]
     try:
         cases = [
-            ("local, --cores 2", ["--cores", "2"], {}),
-            ("SLURM, runs grouped (default)", slurm, {}),
-            ("SLURM, one job per run", slurm, {"PROTOLIB_SLURM_RUNS_PER_JOB": "1"}),
+            ("local, --cores 2", ["--cores", "2"], 900),
+            ("SLURM, runs batched (default)", slurm, 900),
+            ("SLURM, one job per run", slurm, 0),
         ]
-        for name, flags, extra in cases:
+        for name, flags, batch_seconds in cases:
             workdir = Path(tempfile.mkdtemp(prefix="protolib-bench-", dir="/tmp"))
-            (workdir / "config.yaml").write_text(yaml.safe_dump(config(args.runs)))
-            seconds = timed(flags, workdir, {**env, **extra})
+            (workdir / "config.yaml").write_text(yaml.safe_dump(config(args.runs, batch_seconds)))
+            seconds = timed(flags, workdir, env)
             jobs = len(sacct_jobs(workdir, ["JobID"])) if "SLURM" in name else 0
             rows.append((name, seconds, jobs))
             print(f"{name:32s} {seconds:7.1f} s   {jobs} SLURM jobs", flush=True)

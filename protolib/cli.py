@@ -1,11 +1,26 @@
-"""The ``protolib`` command."""
+"""The ``protolib`` command.
+
+Each subcommand imports what it needs when it runs: ``protolib --help``, ``--version``,
+``query`` and ``aggregate`` never import torch (``list``, ``train``, ``report``, ``theory``
+and ``track`` do what they must). Every subcommand refuses bad input before any work with
+one line, ``protolib <command>: error: …``, and exit status 2.
+
+The console script is :func:`run`: it ends the process with ``os._exit`` once the command
+has returned (its outputs are on disk, written atomically), skipping the interpreter's
+teardown, which takes about a second once torch is loaded. :func:`main` returns the exit
+status, for callers in the same process.
+"""
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import json
+import os
 import sys
+from pathlib import Path
+from typing import Any, NoReturn
 
 import protolib
 from protolib.registry import DATASETS, GEOMETRIES, LOSSES, MODELS
@@ -31,7 +46,7 @@ def _list(args: argparse.Namespace) -> int:
 def _parse_override(text: str) -> tuple[str | None, object]:
     """``KEY=VALUE`` → ``(key, value)``, VALUE parsed as JSON when it can be (else a bare
     string such as ``loss=supcon``); ``(None, text)`` when it is not ``KEY=VALUE``, which
-    :func:`_train` refuses in one line (argparse would print two)."""
+    ``protolib train`` refuses in one line, naming the argument."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         return None, text
@@ -43,61 +58,13 @@ def _parse_override(text: str) -> tuple[str | None, object]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
+    """``protolib train``: :func:`protolib.train.command.run` (imported only when run)."""
+    from protolib.train import command
 
-    from protolib.train import RunConfig, RunInterrupted, train_run
-    from protolib.train.config import INT_RANGES, parse_config_json, read_config_file
-    from protolib.train.lock import RunDirectoryInUse
-
-    low, high = INT_RANGES["threads"]
-    if args.threads is not None:
-        if not low <= args.threads <= high:
-            return _fail(
-                "train", f"--threads must be an integer in {low}..{high}, got {args.threads}"
-            )
-        torch.set_num_threads(args.threads)
-    overrides: dict[str, object] = {}
-    for key, value in args.overrides:
-        if key is None:
-            return _fail("train", f"--set expects KEY=VALUE, got {value!r}")
-        if key in overrides:
-            return _fail("train", f"--set {key} is given twice; give each key once")
-        overrides[key] = value
-    try:
-        if args.config == "-":
-            if sys.stdin is None:
-                return _fail(
-                    "train", "--config - reads the run config from standard input, which is closed"
-                )
-            raw = getattr(sys.stdin, "buffer", sys.stdin).read()  # bytes; text if replaced
-            if isinstance(raw, str):
-                raw = raw.encode("utf-8", "surrogateescape")
-            data = parse_config_json(raw, "on standard input")
-        else:
-            data = read_config_file(args.config) if args.config else {}
-        data.update(overrides)
-        config = RunConfig.from_dict(data)
-        summary = train_run(config, args.out, progress=args.progress)
-    except RunInterrupted as error:
-        print(f"protolib train: {error}", file=sys.stderr)
-        return 128 + error.signum
-    except RunDirectoryInUse as error:
-        return _fail("train", str(error))
-    except (ValueError, FileNotFoundError, TypeError) as error:
-        return _fail("train", str(error))
-    except OSError as error:  # the run directory cannot be written
-        return _fail("train", _write_error(error, args.out))
-    status = summary["status"]
-    fit = summary["time_to_fit"]
-    print(
-        f"{summary['run_id']}: {status}; time to fit "
-        f"{fit if fit is not None else 'not reached'}; test accuracy "
-        f"{summary['test_accuracy']}; outputs in {args.out}"
-    )
-    return 0
+    return command.run(args)
 
 
-def _write_error(error: OSError, out: str) -> str:
+def _write_error(error: OSError, out: str, what: str) -> str:
     """One line for an output that could not be written (a full disk says so)."""
     reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
     if error.errno == errno.ENOSPC:
@@ -106,7 +73,7 @@ def _write_error(error: OSError, out: str) -> str:
             "command to resume"
         )
     where = f" ({error.filename})" if error.filename else ""
-    return f"cannot write the run directory {out}{where}: {reason}"
+    return f"cannot write {what} {out}{where}: {reason}"
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -222,16 +189,196 @@ def _bounds(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="protolib", description=protolib.__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"protolib {protolib.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", help="list registered components")
-    listing.add_argument("family", nargs="?", choices=sorted(FAMILIES))
-    listing.add_argument("-v", "--verbose", action="store_true", help="show what each loss needs")
-    listing.set_defaults(func=_list)
+def _folder_problem(path: str | Path, what: str) -> str | None:
+    """Why the folder ``path`` could not be created or written (``None`` when it can):
+    checked before any work, so a refused command writes nothing."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        return f"{what} {path} is a file, not a folder; give a folder"
+    existing = target
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{what} {path} cannot be created: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{what} {path} cannot be written: {existing} is not writable"
+    return None
+
+
+def _written(written: dict[str, Path]) -> None:
+    """One ``name: path`` line per file written."""
+    for name, path in written.items():
+        print(f"{name}: {path}")
+
+
+def _report(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+
+    from protolib.results.report import make_report, read_aggregate
+
+    aggregate_dir = Path(args.aggregate_dir)
+    if not aggregate_dir.is_dir():
+        return _fail(
+            "report",
+            f"AGGREGATE_DIR {args.aggregate_dir} is not a folder; give an aggregate "
+            "folder (runs.parquet, metrics.parquet, geometry.parquet, gamma.parquet)",
+        )
+    problem = _folder_problem(args.out, "--out")
+    if problem:
+        return _fail("report", problem)
+    try:
+        frames = read_aggregate(aggregate_dir)
+    except (OSError, ValueError, pa.ArrowException) as error:
+        return _fail("report", " ".join(str(error).split()))
+    if args.gram_runs is not None:
+        known = set(frames["runs"]["run_id"]) | set(frames["geometry"]["run_id"])
+        unknown = [r for r in args.gram_runs if r not in known]
+        if unknown:
+            return _fail(
+                "report",
+                f"--gram-runs: unknown run id(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(known)) or 'none'}",
+            )
+    try:
+        written = make_report(aggregate_dir, args.out, gram_runs=args.gram_runs)
+    except OSError as error:
+        return _fail("report", _write_error(error, args.out, "the report"))
+    except (ValueError, pa.ArrowException) as error:
+        return _fail("report", " ".join(str(error).split()))
+    _written(written)
+    return 0
+
+
+def _int_in_range(key: str, value: int | None, low: int, high: int) -> str | None:
+    if value is None or low <= value <= high:
+        return None
+    return f"{key} must be an integer in {low}..{high}, got {value}"
+
+
+def _theory(args: argparse.Namespace) -> int:
+    from protolib.train.config import INT_RANGES
+
+    for key, value, field in (
+        ("--threads", args.threads, "threads"),
+        ("--seed", args.seed, "seed"),
+    ):
+        problem = _int_in_range(key, value, *INT_RANGES[field])
+        if problem:
+            return _fail("theory", problem)
+    problem = _folder_problem(args.out, "--out")
+    if problem:
+        return _fail("theory", problem)
+    from protolib.theory.report import make_theory
+
+    try:
+        written = make_theory(args.out, threads=args.threads, seed=args.seed)
+    except OSError as error:
+        return _fail("theory", _write_error(error, args.out, "the theory outputs"))
+    _written(written)
+    return 0
+
+
+def _run_dirs(texts: list[str]) -> dict[str, Path] | str:
+    """``RUN_ID=PATH`` arguments as ``{run_id: path}``, or the one-line problem."""
+    run_dirs: dict[str, Path] = {}
+    for text in texts:
+        run_id, sep, path = text.partition("=")
+        if not sep or not run_id.strip() or not path:
+            return f"--run-dir expects RUN_ID=PATH, got {text!r}"
+        if run_id in run_dirs:
+            return f"--run-dir {run_id} is given twice; give each run once"
+        run_dirs[run_id] = Path(path)
+    return run_dirs
+
+
+def _aggregate_run_ids(aggregate_dir: Path, fallback: dict[str, Path]) -> set[str]:
+    """The run ids of ``aggregate_dir/runs.parquet`` (``fallback``'s when it cannot be
+    read: the sync then refuses the aggregate itself, naming the file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(aggregate_dir / "runs.parquet", columns=["run_id"])
+        return set(table["run_id"].to_pylist())
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return set(fallback)
+
+
+def _track(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no calls home from jobs
+    run_dirs = _run_dirs(args.run_dirs)
+    if isinstance(run_dirs, str):
+        return _fail("track", run_dirs)
+    if not args.experiment.strip():
+        return _fail("track", "--experiment must be a non-empty name")
+    if not Path(args.aggregate_dir).is_dir():
+        return _fail(
+            "track",
+            f"AGGREGATE_DIR {args.aggregate_dir} is not a folder; give an aggregate "
+            "folder (runs.parquet, metrics.parquet)",
+        )
+    unknown = sorted(set(run_dirs) - _aggregate_run_ids(Path(args.aggregate_dir), run_dirs))
+    if unknown:
+        return _fail(
+            "track",
+            f"--run-dir {unknown[0]}: not a run of {args.aggregate_dir}/runs.parquet; "
+            "give the directories of the aggregated runs only",
+        )
+    marker = Path(args.marker)
+    if marker.is_dir():
+        return _fail("track", f"--marker {args.marker} is a folder; give a file path")
+    for path, what in (
+        (marker.parent, f"the folder of --marker {args.marker}:"),
+        (args.results, "--results"),
+    ):
+        problem = _folder_problem(path, what)
+        if problem:
+            return _fail("track", problem)
+    from protolib.tracking import TrackingError, sync_experiment
+
+    try:
+        counts = sync_experiment(
+            Path(args.aggregate_dir),
+            experiment=args.experiment,
+            tracking_uri=args.tracking_uri or None,
+            results=Path(args.results),
+            run_dirs=run_dirs or None,
+            artifacts=[Path(p) for p in args.artifacts],
+            marker=marker,
+        )
+    except TrackingError as error:
+        return _fail("track", str(error))
+    except OSError as error:  # the marker could not be written
+        return _fail("track", _write_error(error, args.marker, "the marker"))
+    print(json.dumps(counts))
+    print(f"marker: {marker}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (argparse prints the usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **_: Any):
+        super().__init__(
+            option_strings, dest, default=argparse.SUPPRESS, nargs=0, help="show the version"
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
+        print(f"protolib {protolib.__version__}")
+        parser.exit()
+
+
+def _add_train(commands: Any) -> None:
     train = commands.add_parser(
-        "train", help="train one run into a run directory (resumes when re-run)"
+        "train", help="train runs into run directories (resumes when re-run)"
     )
     train.add_argument(
         "--config",
@@ -242,7 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="CPU threads for this process (not part of the run's identity; default: torch's)",
     )
-    train.add_argument("--out", required=True, help="the run directory")
+    train.add_argument("--out", help="the run directory (one run; or give --batch)")
+    train.add_argument(
+        "--batch",
+        metavar="FILE",
+        help="several runs in one process: a JSON file, or - for standard input, "
+        '{"runs": [{"config": {...}, "out": DIR, "log": PATH}, ...]}',
+    )
     train.add_argument(
         "--set",
         dest="overrides",
@@ -256,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--progress", dest="progress", action="store_true", default=None)
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     train.set_defaults(func=_train)
+
+
+def _add_bounds(commands: Any) -> None:
     bounds = commands.add_parser("bounds", help="print a loss lower bound (MATH.md section 4)")
     bounds.add_argument("loss", choices=["supcon", "ce"])
     bounds.add_argument("--classes", type=int, required=True, help="K")
@@ -267,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     bounds.add_argument("--weight-norm", type=float, help="ce: |W|_F (Theorem 1)")
     bounds.add_argument("--row-norm", type=float, help="ce: max |w_y| (Corollary 1)")
     bounds.set_defaults(func=_bounds)
+
+
+def _add_query(commands: Any) -> None:
     query = commands.add_parser(
         "query",
         help="run SQL over the aggregated results (views runs, metrics, geometry, gamma)",
@@ -287,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows to print (default: 50)",
     )
     query.set_defaults(func=_query)
+
+
+def _add_pipeline_steps(commands: Any) -> None:
+    """aggregate, report, theory, track: the pipeline's steps after training."""
     agg = commands.add_parser(
         "aggregate",
         help="compact run directories into runs/metrics/geometry/gamma.parquet",
@@ -294,13 +457,113 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
     agg.add_argument("--out", required=True, help="the aggregate folder to write")
     agg.set_defaults(func=_aggregate)
+    report = commands.add_parser(
+        "report", help="draw an experiment's plots and tables from its aggregate"
+    )
+    report.add_argument("aggregate_dir", metavar="AGGREGATE_DIR", help="the aggregate folder")
+    report.add_argument("--out", required=True, help="the report folder to write")
+    report.add_argument(
+        "--gram-runs",
+        nargs="*",
+        metavar="RUN_ID",
+        help="runs whose Gram matrices are drawn (default: one per loss; none when given empty)",
+    )
+    report.set_defaults(func=_report)
+    theory = commands.add_parser(
+        "theory", help="compute the loss bounds and run the unconstrained-features simulations"
+    )
+    theory.add_argument("--out", required=True, help="the theory folder to write")
+    theory.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    theory.add_argument("--seed", type=int, default=0, help="seed of the simulations (default: 0)")
+    theory.set_defaults(func=_theory)
+    track = commands.add_parser("track", help="mirror an experiment's aggregate into MLflow")
+    track.add_argument("aggregate_dir", metavar="AGGREGATE_DIR", help="the aggregate folder")
+    track.add_argument(
+        "--experiment", required=True, help="the experiment (MLflow: protolib/<experiment>)"
+    )
+    track.add_argument(
+        "--results", required=True, help="the results folder (local store, artifacts)"
+    )
+    track.add_argument(
+        "--marker", required=True, metavar="PATH", help="the marker written after the sync"
+    )
+    track.add_argument(
+        "--tracking-uri", metavar="URI", help="MLflow tracking URI (default: SQLite in --results)"
+    )
+    track.add_argument(
+        "--run-dir",
+        dest="run_dirs",
+        action="append",
+        default=[],
+        metavar="RUN_ID=PATH",
+        help="a run's directory (its config and summary are logged too); repeat per run",
+    )
+    track.add_argument(
+        "--artifact",
+        dest="artifacts",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file or folder logged on the parent run (plots, tables); repeatable",
+    )
+    track.set_defaults(func=_track)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="protolib", description=protolib.__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_Version)
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="list registered components")
+    listing.add_argument("family", nargs="?", choices=sorted(FAMILIES))
+    listing.add_argument("-v", "--verbose", action="store_true", help="show what each loss needs")
+    listing.set_defaults(func=_list)
+    _add_train(commands)
+    _add_bounds(commands)
+    _add_query(commands)
+    _add_pipeline_steps(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command of ``argv`` (default: ``sys.argv[1:]``); return its exit status
+    (``--help``, ``--version`` and usage errors too, which argparse ends with SystemExit)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:
+        return _exit_status(stop.code)
     return args.func(args)
 
 
+def _exit_status(code: object) -> int:
+    """The exit status ``sys.exit(code)`` would give (a message is printed to stderr)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def run() -> NoReturn:
+    """The console script: :func:`main`, then ``os._exit`` without interpreter teardown.
+
+    Exit handlers (``atexit``: logging, multiprocessing, …) still run, and standard
+    output and error are flushed; only the teardown of every module and object is skipped
+    (about a second once torch is loaded). A failed flush (a full disk, a closed pipe)
+    turns a success into exit status 120, as Python's own exit would.
+    """
+    try:
+        code = main()
+    except SystemExit as stop:  # a command that calls sys.exit
+        code = _exit_status(stop.code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 120
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

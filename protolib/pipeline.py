@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from protolib.batching import BATCH_SECONDS
 from protolib.registry import DATASETS, GEOMETRIES, LOSSES, RegistryError, load_plugins
 from protolib.train.config import RunConfig
 
@@ -72,7 +73,9 @@ class Plan:
     ``runs`` is ``{experiment: {run_id: run config}}``; ``results`` the output folder;
     ``gram_runs`` the run ids whose Gram the report draws (``None``: its own choice);
     ``tracking_uri`` the MLflow store (``None``: SQLite under ``results``); ``notes``
-    lines worth telling the user that are not errors (checks skipped at plan time).
+    lines worth telling the user that are not errors (checks skipped at plan time);
+    ``batch_seconds`` the estimated training seconds of one train job
+    (:mod:`protolib.batching`).
     """
 
     runs: dict[str, dict[str, dict[str, Any]]]
@@ -80,6 +83,7 @@ class Plan:
     gram_runs: list[str] | None
     tracking_uri: str | None
     notes: tuple[str, ...] = ()
+    batch_seconds: float = BATCH_SECONDS
 
 
 def _fail(message: str) -> PipelineConfigError:
@@ -703,6 +707,11 @@ def plan(
     validate_schema(config, schema)
     results = check_results(config.get("results", "results"), Path(workdir or Path.cwd()))
     runs = expand(config)
+    batch_seconds = config.get("batch_seconds", BATCH_SECONDS)
+    if math.isnan(batch_seconds):
+        raise _fail(
+            f"config: batch_seconds: {batch_seconds} is not allowed; allowed: a number >= 0"
+        )
     notes: tuple[str, ...] = ()
     if check_data:
         notes = check_imbalance_ratios(config, runs)
@@ -715,4 +724,5 @@ def plan(
         gram_runs=gram_runs,
         tracking_uri=config.get("tracking_uri"),
         notes=notes,
+        batch_seconds=float(batch_seconds),
     )

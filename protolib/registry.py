@@ -12,6 +12,10 @@ component is one decorated class or function::
 Code outside the package registers by being imported: name its module in a config's
 ``plugins`` list, or expose it under the ``protolib.plugins`` entry-point group; both are
 imported by :func:`load_plugins`.
+
+Each built-in registry names the module that holds its built-ins (``protolib.losses`` for
+``LOSSES``) and imports it on first use, so ``import protolib`` stays light (no torch) and
+a command that never looks a name up never pays for the import.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T", bound=Callable[..., Any])
@@ -33,11 +37,34 @@ class RegistryError(ValueError):
 
 
 class Registry(Generic[T]):
-    """A named family of factories (classes or functions) with ``register``/``create``/``names``."""
+    """A named family of factories (classes or functions) with ``register``/``create``/``names``.
 
-    def __init__(self, family: str) -> None:
+    ``builtins`` is the module that registers the family's built-in entries; it is imported
+    on the first lookup or registration (``get``, ``create``, ``names``, ``in``, ``len``,
+    iteration, ``check_options``, ``register``). Registering while that module is being
+    imported (its own decorators) does not import it again.
+    """
+
+    def __init__(self, family: str, *, builtins: str | None = None) -> None:
         self.family = family
+        self.builtins = builtins
         self._entries: dict[str, T] = {}
+        self._loaded = builtins is None
+        self._loading: set[int] = set()  # ids of the threads importing the built-ins now
+
+    def _load_builtins(self) -> None:
+        """Import :attr:`builtins` once (a no-op inside that import, in the same thread)."""
+        if self._loaded:
+            return
+        me = threading.get_ident()
+        if me in self._loading:
+            return
+        self._loading.add(me)
+        try:
+            importlib.import_module(self.builtins)  # type: ignore[arg-type]
+            self._loaded = True
+        finally:
+            self._loading.discard(me)
 
     def register(self, name: str, obj: T | None = None) -> Any:
         """Register ``obj`` under ``name``; without ``obj``, return a decorator.
@@ -46,6 +73,7 @@ class Registry(Generic[T]):
         """
         if not isinstance(name, str) or not name.strip():
             raise RegistryError(f"a {self.family} name must be a non-empty string, got {name!r}")
+        self._load_builtins()
 
         def add(target: T) -> T:
             if name in self._entries and self._entries[name] is not target:
@@ -60,6 +88,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The factory registered under ``name``."""
+        self._load_builtins()
         try:
             return self._entries[name]
         except (KeyError, TypeError):
@@ -97,6 +126,7 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
+        self._load_builtins()
         return sorted(self._entries)
 
     def unregister(self, name: str) -> None:
@@ -105,16 +135,20 @@ class Registry(Generic[T]):
         del self._entries[name]
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load_builtins()
         return len(self._entries)
 
-    def __repr__(self) -> str:
-        return f"Registry({self.family!r}, names={self.names()})"
+    def __repr__(self) -> str:  # imports nothing: a repr has no side effects
+        if not self._loaded:
+            return f"Registry({self.family!r}, builtins={self.builtins!r}, not loaded yet)"
+        return f"Registry({self.family!r}, names={sorted(self._entries)})"
 
     def _unknown_message(self, name: object) -> str:
         known = ", ".join(self.names()) or "(none registered)"
@@ -141,6 +175,8 @@ def load_plugins(
     ``ZeroDivisionError``, a ``SystemExit``, …), raises :class:`ImportError` with one line
     naming the module and the error; so does an entry point that fails to load.
     """
+    from importlib.metadata import entry_points  # ~20 ms: only when plugins are loaded
+
     for module in modules:
         try:
             importlib.import_module(module)
@@ -164,7 +200,7 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-LOSSES: Registry[Any] = Registry("loss")
-GEOMETRIES: Registry[Any] = Registry("geometry")
-MODELS: Registry[Any] = Registry("model")
-DATASETS: Registry[Any] = Registry("dataset")
+LOSSES: Registry[Any] = Registry("loss", builtins="protolib.losses")
+GEOMETRIES: Registry[Any] = Registry("geometry", builtins="protolib.geometry.prototypes")
+MODELS: Registry[Any] = Registry("model", builtins="protolib.models.backbones")
+DATASETS: Registry[Any] = Registry("dataset", builtins="protolib.data.datasets")

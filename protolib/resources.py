@@ -1,11 +1,12 @@
-"""What a training run asks of a cluster: its time limit, its GPU, its partition and GPU
-type, and its job group (the ``train`` rule's resources; ``slurm/config.v8+.yaml``).
+"""What a train job asks of a cluster: its time limit, its GPU, its partition and GPU
+type (the ``train`` rule's resources; ``slurm/config.v8+.yaml``). A train job is a batch
+of runs (:mod:`protolib.batching`), which are trained one after another.
 
 The time limit is derived from the run's budget (iterations or epochs, batch size, views,
 evaluation cadence) and a per-model cost per sample, deliberately on the slow side; a run
 that still runs out of time checkpoints on SIGTERM and its retry, with ``attempt`` times
 the limit, resumes. Runs pinned to the CPU (``device: cpu``) request no GPU, use CPU
-costs, go to the general partition and never share a job.
+costs, go to the general partition and never share a job with GPU runs.
 
 Site values that differ between GPU and CPU runs are read here, from the same
 ``PROTOLIB_SLURM_*`` environment variables as the profile (README, "Running on SLURM"):
@@ -17,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from protolib.train.config import RunConfig
@@ -43,9 +44,6 @@ OTHER_SECONDS_PER_SAMPLE = {"gpu": 1e-3, "cpu": 1e-1}  # timm and plugin models
 DATASET_SIZES = {"digits": 1797, "cifar10": 60000, "cifar100": 60000}
 START_UP_SECONDS = 120  # interpreter, imports, data loading, the final probe
 SAFETY = 2.0
-# GPU runs whose time limit is at most this share SLURM jobs (the group "small_runs").
-SMALL_RUN_MINUTES = 15
-SMALL_RUNS_GROUP = "small_runs"
 ENV_PREFIX = "PROTOLIB_SLURM_"
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
@@ -74,6 +72,11 @@ def gpus(run: Mapping[str, Any]) -> int:
 
 def estimated_seconds(run: Mapping[str, Any]) -> float:
     """A generous estimate of one run's wall time (on one GPU, or on the CPU), in seconds."""
+    return START_UP_SECONDS + training_seconds(run)
+
+
+def training_seconds(run: Mapping[str, Any]) -> float:
+    """:func:`estimated_seconds` without the process start-up: training and evaluations."""
     size = _dataset_size(run)
     batch = int(_get(run, "batch_size"))
     epochs = _get(run, "epochs")
@@ -89,12 +92,14 @@ def estimated_seconds(run: Mapping[str, Any]) -> float:
     training = iterations * batch * int(_get(run, "views")) * cost
     evaluations = iterations // int(_get(run, "eval_every")) + 1
     evaluating = evaluations * size * cost / 3
-    return START_UP_SECONDS + training + evaluating
+    return training + evaluating
 
 
-def runtime_minutes(run: Mapping[str, Any], attempt: int = 1) -> int:
-    """The SLURM time limit in minutes: ``SAFETY`` × the estimate, or PROTOLIB_SLURM_
-    TRAIN_RUNTIME when set; either way × the attempt number (a retry gets longer)."""
+def runtime_minutes(runs: Mapping[str, Any] | Sequence[Mapping[str, Any]], attempt: int = 1) -> int:
+    """The SLURM time limit in minutes of a job training ``runs`` (one run config, or a
+    batch's, one after another): ``SAFETY`` × the estimate (one start-up, every run's
+    training), or PROTOLIB_SLURM_TRAIN_RUNTIME when set; either way × the attempt number
+    (a retry gets longer)."""
     override = _env("TRAIN_RUNTIME")
     if override:
         try:
@@ -104,16 +109,10 @@ def runtime_minutes(run: Mapping[str, Any], attempt: int = 1) -> int:
                 f"{ENV_PREFIX}TRAIN_RUNTIME must be a whole number of minutes, got {override!r}"
             ) from None
     else:
-        base = math.ceil(SAFETY * estimated_seconds(run) / 60)
+        batch = [runs] if isinstance(runs, Mapping) else list(runs)
+        seconds = START_UP_SECONDS + sum(training_seconds(run) for run in batch)
+        base = math.ceil(SAFETY * seconds / 60)
     return base * max(1, int(attempt))
-
-
-def job_group(run: Mapping[str, Any]) -> str | None:
-    """``small_runs`` for GPU runs short enough to share a SLURM job, else None (a job
-    each). Members of a group take turns on its one GPU; CPU runs are never grouped."""
-    if gpus(run) and runtime_minutes(run) <= SMALL_RUN_MINUTES:
-        return SMALL_RUNS_GROUP
-    return None
 
 
 def gpu_model(run: Mapping[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import textwrap
 
@@ -60,14 +61,87 @@ def test_unknown_option_lists_accepted_ones():
 
 
 def test_builtin_registries():
-    assert LOSSES.names() == ["bcl", "ce", "ce_fix", "supcon", "supcon_limit", "supcon_limit_paper"]
-    assert GEOMETRIES.names() == [
-        "etf",
-        "from_gram",
-        "majority_collapse",
-        "minority_angles",
-        "orthonormal",
-    ]
+    """The built-ins are members (checked by membership: adding an entry breaks nothing)."""
+    assert {"bcl", "ce", "ce_fix", "supcon", "supcon_limit", "supcon_limit_paper"} <= set(LOSSES)
+    assert {"etf", "from_gram", "majority_collapse", "minority_angles", "orthonormal"} <= set(
+        GEOMETRIES.names()
+    )
+    assert LOSSES.names() == sorted(LOSSES.names())
+
+
+#: a registry whose built-ins live in another module, which registers into it on import
+#: and looks a name up while it is being imported (that must not import it again)
+REGISTRY_MODULE = """
+from protolib.registry import Registry
+
+WIDGETS = Registry("widget", builtins="{builtins}")
+"""
+BUILTINS_MODULE = """
+from {registry} import WIDGETS
+
+@WIDGETS.register("a")
+def make_a(*, size=1):
+    return ("a", size)
+
+assert WIDGETS.names() == ["a"] and "a" in WIDGETS and len(WIDGETS) == 1
+WIDGETS.register("b", lambda: "b")
+"""
+
+FIRST_USES = {
+    "get": lambda reg: reg.get("a"),
+    "create": lambda reg: reg.create("a", size=2),
+    "names": lambda reg: reg.names(),
+    "contains": lambda reg: "a" in reg,
+    "iter": lambda reg: list(reg),
+    "len": lambda reg: len(reg),
+    "check_options": lambda reg: reg.check_options("a", size=3),
+    "register": lambda reg: reg.register("c", lambda: "c"),
+}
+
+
+@pytest.mark.parametrize("use", sorted(FIRST_USES))
+def test_builtins_are_imported_on_first_use(tmp_path, monkeypatch, use):
+    registry, builtins = f"lazy_registry_{use}", f"lazy_builtins_{use}"
+    (tmp_path / f"{registry}.py").write_text(REGISTRY_MODULE.format(builtins=builtins))
+    (tmp_path / f"{builtins}.py").write_text(BUILTINS_MODULE.format(registry=registry))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        widgets = importlib.import_module(registry).WIDGETS
+        assert builtins not in sys.modules  # creating the registry imports nothing
+        assert repr(widgets) == f"Registry('widget', builtins={builtins!r}, not loaded yet)"
+        FIRST_USES[use](widgets)
+        assert widgets.names() == (["a", "b", "c"] if use == "register" else ["a", "b"])
+        assert widgets.get("a") is sys.modules[builtins].make_a
+        assert widgets.create("a", size=4) == ("a", 4)
+        assert repr(widgets) == f"Registry('widget', names={widgets.names()})"
+    finally:
+        sys.modules.pop(registry, None)
+        sys.modules.pop(builtins, None)
+
+
+def test_registering_a_builtin_name_first_is_refused(tmp_path, monkeypatch):
+    """Registration imports the built-ins first, so a user's "a" clashes with the built-in
+    "a" at once, not later when someone looks a name up."""
+    (tmp_path / "clash_registry.py").write_text(REGISTRY_MODULE.format(builtins="clash_builtins"))
+    (tmp_path / "clash_builtins.py").write_text(BUILTINS_MODULE.format(registry="clash_registry"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        widgets = importlib.import_module("clash_registry").WIDGETS
+        with pytest.raises(RegistryError, match=r"'a' is already registered \(by clash_builtins"):
+            widgets.register("a", lambda: "mine")
+    finally:
+        sys.modules.pop("clash_registry", None)
+        sys.modules.pop("clash_builtins", None)
+
+
+def test_builtins_that_fail_to_import_raise_every_time(tmp_path, monkeypatch):
+    (tmp_path / "broken_builtins.py").write_text("raise RuntimeError('no backend')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    widgets = Registry("widget", builtins="broken_builtins")
+    for _ in range(2):  # not marked loaded after a failure: the next use tries again
+        with pytest.raises(RuntimeError, match="no backend"):
+            widgets.names()
+    sys.modules.pop("broken_builtins", None)
 
 
 def test_plugin_module_registers_a_loss(tmp_path, monkeypatch):

@@ -16,6 +16,8 @@ import math
 import torch
 from torch import Tensor
 
+from protolib.geometry.simplex import simplex_gamma
+
 __all__ = [
     "angular_similarity",
     "class_mean_gram",
@@ -198,13 +200,6 @@ def pairwise_angular_similarity(vectors: Tensor) -> Tensor:
     if vectors.ndim != 2:
         raise ValueError(f"vectors must have shape (K, d); got {tuple(vectors.shape)}")
     return _gamma_from_cos(_pairwise_cosines(vectors))
-
-
-def simplex_gamma(num_classes: int) -> float:
-    """γ between two vertices of a regular K-simplex: ``1 − arccos(−1/(K−1))/π`` (§3)."""
-    if num_classes < 2:
-        raise ValueError(f"a simplex needs num_classes >= 2; got {num_classes}")
-    return 1.0 - math.acos(-1.0 / (num_classes - 1)) / math.pi
 
 
 def _resolve_with_classifier(

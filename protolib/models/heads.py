@@ -8,7 +8,7 @@ The head a run needs comes from its loss's :class:`~protolib.losses.base.LossNee
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, get_args
 
 import torch
@@ -200,7 +200,7 @@ def build_network(
     in_shape: Sequence[int],
     num_classes: int,
     needs: LossNeeds,
-    prototypes: Tensor | None = None,
+    prototypes: Tensor | Callable[[int], Tensor] | None = None,
     projector: str = "none",
     projector_dim: int = DEFAULT_PROJECTOR_DIM,
     projector_hidden: int | None = None,
@@ -210,11 +210,16 @@ def build_network(
     ``model_options``) followed by the projector and the head that ``needs.head`` asks for.
 
     ``prototypes`` ``(K, d)`` become the fixed classifier when ``needs.head ==
-    "fixed_linear"`` (required then) and are otherwise left to the loss.
+    "fixed_linear"`` (required then) and are otherwise left to the loss. They may be
+    given as a function of the embedding width ``d`` (known once the backbone is built);
+    it is called exactly once, after the backbone and before the projector and head are
+    built, and whatever it raises propagates.
     """
     if not isinstance(needs, LossNeeds):
         raise TypeError(f"needs must be a LossNeeds, got {type(needs).__name__}")
     backbone = build_backbone(model, in_shape=in_shape, **(model_options or {}))
+    if callable(prototypes):
+        prototypes = prototypes(projector_dim if projector != "none" else backbone.out_dim)
     return Network(
         backbone,
         num_classes=num_classes,

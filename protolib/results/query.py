@@ -23,14 +23,17 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from protolib.results.aggregate import RUNS_SCHEMA
 from protolib.results.schema import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA
+
+if TYPE_CHECKING:  # pandas is imported by pyarrow's to_pandas() when a DataFrame is asked for
+    import pandas as pd
 
 #: view name → schema of the aggregate table it reads
 TABLES = {

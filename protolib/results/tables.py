@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from protolib.io import write_text
+from protolib.results.markdown import markdown_table
+from protolib.results.report import TABLE_FORMATS
 
 #: the grid keys a table is grouped by (the seed is what is summarised)
 GRID = ["loss", "n_w", "imbalance_ratio", "label_corruption"]
@@ -152,13 +154,8 @@ def _numeric(headers: list[str], rows: list[list[str]]) -> list[bool]:
 def to_markdown(df: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of ``df`` (see :func:`display_cells`)."""
     headers, rows = display_cells(df)
-    numeric = _numeric(headers, rows)
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", r"\|") for c in cells) + " |"
-
-    rule = "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)]) + "\n"
+    align = ["right" if n else "left" for n in _numeric(headers, rows)]
+    return markdown_table(headers, rows, align=align)
 
 
 _LATEX_SPECIAL = {
@@ -198,11 +195,15 @@ def to_latex(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(df: pd.DataFrame, stem: str | Path) -> tuple[Path, Path, Path]:
-    """Write ``stem.csv``, ``stem.md`` and ``stem.tex`` atomically; return the three paths."""
+def write_table(df: pd.DataFrame, stem: str | Path) -> tuple[Path, ...]:
+    """Write ``stem.csv``, ``stem.md`` and ``stem.tex`` atomically; return the paths in the
+    order of :data:`protolib.results.report.TABLE_FORMATS`."""
     stem = Path(stem)
-    paths = tuple(stem.with_name(f"{stem.name}.{ext}") for ext in ("csv", "md", "tex"))
-    write_text(paths[0], df.to_csv(index=False))
-    write_text(paths[1], to_markdown(df))
-    write_text(paths[2], to_latex(df))
-    return paths
+    texts = {
+        "csv": lambda: df.to_csv(index=False),
+        "md": lambda: to_markdown(df),
+        "tex": lambda: to_latex(df),
+    }
+    return tuple(
+        write_text(stem.with_name(f"{stem.name}.{ext}"), texts[ext]()) for ext in TABLE_FORMATS
+    )

@@ -1,23 +1,38 @@
-"""Theory: exact loss bounds (MATH.md §4) and unconstrained-features simulations (§5)."""
+"""Theory: exact loss bounds (MATH.md §4) and unconstrained-features simulations (§5).
 
-from protolib.theory.bounds import (
-    BoundError,
-    SupConBound,
-    ce_bound_frobenius,
-    ce_bound_row_norm,
-    ce_l2_bound,
-    ce_l2_optimal_norm,
-    supcon_bound,
-    supcon_lower_bound,
-)
+The bounds below load ``protolib.theory.bounds`` (and scipy) on first use, so importing
+the package, or a submodule that does not use them, does not import scipy.
+"""
 
-__all__ = [
-    "BoundError",
-    "SupConBound",
-    "ce_bound_frobenius",
-    "ce_bound_row_norm",
-    "ce_l2_bound",
-    "ce_l2_optimal_norm",
-    "supcon_bound",
-    "supcon_lower_bound",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_BOUNDS = "protolib.theory.bounds"
+
+#: exported name → the module that defines it
+_EXPORTS = {
+    "BoundError": _BOUNDS,
+    "SupConBound": _BOUNDS,
+    "ce_bound_frobenius": _BOUNDS,
+    "ce_bound_row_norm": _BOUNDS,
+    "ce_l2_bound": _BOUNDS,
+    "ce_l2_optimal_norm": _BOUNDS,
+    "supcon_bound": _BOUNDS,
+    "supcon_lower_bound": _BOUNDS,
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

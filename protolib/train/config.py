@@ -151,6 +151,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Check every field; raise :class:`ConfigError` on the first problem."""
+        # long: one short check per field, in one place, so each rule is found by its key
         _check_type(self)
         for f in dataclasses.fields(self):
             if f.name not in INT_RANGES and f.name != "milestones":  # those have ranges
@@ -248,47 +249,47 @@ def check_finite(value: Any, path: str = "") -> None:
         )
 
 
-def parse_config_json(raw: bytes, source: str) -> dict[str, Any]:
-    """The JSON object in ``raw`` (the bytes of a run config from ``source``, named in
+def parse_config_json(raw: bytes, source: str, *, what: str = "run config") -> dict[str, Any]:
+    """The JSON object in ``raw`` (the bytes of a ``what`` from ``source``, both named in
     errors). Refuses text that is not UTF-8, not JSON, not an object, or that repeats a key
     (JSON keeps only the last of a repeated key; a run config honours every key or none)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise ConfigError(
-            f"run config {source} is not UTF-8 text (byte {error.start}); give a JSON object"
+            f"{what} {source} is not UTF-8 text (byte {error.start}); give a JSON object"
         ) from None
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as error:
         raise ConfigError(
-            f"run config {source} gives key {error.key!r} twice; give each key once"
+            f"{what} {source} gives key {error.key!r} twice; give each key once"
         ) from None
     except json.JSONDecodeError as error:
-        raise ConfigError(f"run config {source} is not valid JSON: {error}") from None
+        raise ConfigError(f"{what} {source} is not valid JSON: {error}") from None
     except RecursionError:
-        raise ConfigError(f"run config {source} is nested too deeply to be a run config") from None
+        raise ConfigError(f"{what} {source} is nested too deeply to be a {what}") from None
     except ValueError as error:  # e.g. an integer literal longer than Python converts
-        raise ConfigError(f"run config {source} is not a valid run config: {error}") from None
+        raise ConfigError(f"{what} {source} is not a valid {what}: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(
-            f"run config {source} must hold a JSON object ({{...}}), got {_json_kind(data)}"
+            f"{what} {source} must hold a JSON object ({{...}}), got {_json_kind(data)}"
         )
     return data
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read and parse a run config JSON file (see :func:`parse_config_json`)."""
+def read_config_file(path: str | Path, *, what: str = "run config") -> dict[str, Any]:
+    """Read and parse a ``what`` JSON file (see :func:`parse_config_json`)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"run config {str(path)!r} does not exist") from None
+        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"run config {str(path)!r} is a directory, not a JSON file") from None
+        raise ConfigError(f"{what} {str(path)!r} is a directory, not a JSON file") from None
     except OSError as error:
-        raise ConfigError(f"run config {str(path)!r} cannot be read: {error.strerror}") from None
-    return parse_config_json(raw, repr(str(path)))
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {error.strerror}") from None
+    return parse_config_json(raw, repr(str(path)), what=what)
 
 
 class _DuplicateKey(Exception):

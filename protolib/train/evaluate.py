@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,16 @@ def error_rate(predictions: Tensor, labels: Tensor) -> float:
     return float((predictions != labels).double().mean())
 
 
+class Evaluation(NamedTuple):
+    """What one evaluation finds: the metrics ``{(split, metric): value}``, the class-mean
+    Gram ``G_M`` of the training embeddings (K×K, float64; NaN rows for absent classes)
+    and the γ distributions (MATH.md §3; empty unless every class is present)."""
+
+    metrics: dict[tuple[str, str], float]
+    gram: Tensor
+    gammas: dict[str, Tensor]
+
+
 def evaluate_split_pair(
     *,
     train_features: Tensor,
@@ -79,15 +90,16 @@ def evaluate_split_pair(
     num_classes: int,
     target_gram: Tensor,
     classifier: Tensor | None,
-) -> dict[tuple[str, str], float]:
-    """All evaluation metrics as ``{(split, metric): value}``.
+) -> Evaluation:
+    """All evaluation metrics, with the Gram and γ distributions they come from.
 
     ``error``/``accuracy`` use the run's classifier: the model's logits when it has a
     head, the class-mean classifier otherwise; ``mean_classifier_accuracy`` is the
     class-mean classifier for every loss. Geometry metrics are computed on the training
     embeddings against the training (possibly corrupted) labels.
     """
-    means = class_mean_classifier(train_features, train_labels, num_classes)
+    exact_means = class_means(train_features, train_labels, num_classes, allow_missing=True)
+    means = exact_means.to(train_features.dtype)  # the class-mean classifier
     train_pred = (
         train_logits.argmax(1) if train_logits is not None else predict(train_features, means)
     )
@@ -98,6 +110,7 @@ def evaluate_split_pair(
         ("test", "mean_classifier_accuracy"): 1.0
         - error_rate(predict(test_features, means), test_labels),
     }
+    gammas: dict[str, Tensor] = {}
     present = ~means.isnan().any(dim=1)
     if bool(present.all()):
         gram = means.double() @ means.double().T
@@ -112,10 +125,4 @@ def evaluate_split_pair(
         )
         for name, value in collapse.items():
             out[("train", name)] = float(value)
-    return out
-
-
-def final_gram(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """The class-mean Gram ``G_M`` (K×K, float64; NaN rows for absent classes)."""
-    means = class_means(features, labels, num_classes, allow_missing=True)
-    return means @ means.T
+    return Evaluation(out, exact_means @ exact_means.T, gammas)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from protolib import DATASETS, RegistryError
 from protolib.data import DatasetSplits, Split, load_dataset
-from protolib.data.datasets import channel_stats, stratified_split
+from protolib.data.datasets import channel_stats, digits_file, read_digits, stratified_split
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,54 @@ def test_digits_matches_sklearn_raw_data(digits, sk_digits):
             raw = sk_digits.images[index[position]] / 16.0
             np.testing.assert_allclose(split.images[position, 0].numpy(), raw, rtol=0, atol=1e-7)
             assert split.labels[position].item() == sk_digits.target[index[position]]
+
+
+def test_read_digits_equals_sklearns_loader_exactly(sk_digits):
+    images, labels = read_digits()
+    assert images.dtype == sk_digits.images.dtype and labels.dtype == np.int64
+    np.testing.assert_array_equal(images, sk_digits.images)
+    np.testing.assert_array_equal(images.reshape(len(images), -1), sk_digits.data)
+    np.testing.assert_array_equal(labels, sk_digits.target)
+
+
+def test_digits_load_without_importing_sklearn():
+    code = (
+        "import sys\n"
+        "from protolib.data import load_dataset\n"
+        "data = load_dataset('digits')\n"
+        "print(len(data.train) + len(data.test), 'sklearn' in sys.modules)\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.split() == ["1797", "False"]
+
+
+def test_digits_without_sklearn_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # what find_spec sees when absent
+    with pytest.raises(FileNotFoundError, match=r"^digits: scikit-learn is not installed.*pip"):
+        load_dataset("digits")
+
+
+def test_digits_file_missing_from_sklearn_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "sklearn").mkdir()
+    (tmp_path / "sklearn" / "__init__.py").write_text("raise ImportError('never imported')\n")
+    monkeypatch.delitem(sys.modules, "sklearn", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    missing = re.escape(str(tmp_path / "sklearn" / "datasets" / "data" / "digits.csv.gz"))
+    with pytest.raises(FileNotFoundError, match=rf"^digits: {missing} is missing .*reinstall"):
+        digits_file()
+
+
+def test_read_digits_refuses_a_foreign_file(tmp_path):
+    path = tmp_path / "digits.csv.gz"
+    path.write_bytes(gzip.compress(b"1,2,3\n4,5,6\n"))
+    with pytest.raises(ValueError, match=r"rows of 65 numbers .*got shape \(2, 3\)"):
+        read_digits(path)
+    path.write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match=r"^digits: cannot read"):
+        read_digits(path)
 
 
 def test_digits_deterministic_and_seeded(digits):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import itertools
 import math
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,16 +20,22 @@ import pytest
 
 from protolib.results import plots, tables
 from protolib.results.aggregate import aggregate
+from protolib.results.markdown import markdown_table
 from protolib.results.report import (
     CAPTIONS,
+    ITEMS,
     PLOTS,
     TABLES,
+    caption_file,
     make_report,
     read_aggregate,
     report_files,
+    resolve,
 )
 from protolib.train import train_run
 
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 QUICK = {"iterations": 40, "eval_every": 20, "probe_iterations": 10, "threads": 1}
 KEYS = ["loss", "n_w", "imbalance_ratio", "label_corruption"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -109,6 +119,97 @@ def test_captions_cover_every_plot_and_table_and_are_valid_rst():
             text, settings_overrides={"warning_stream": warnings, "report_level": 1}
         )
         assert warnings.getvalue() == "", (key, warnings.getvalue())
+
+
+def test_report_files_are_the_documented_report_in_order(tmp_path):
+    plots_ = ["time_to_fit", "delta_g", "gram", "gamma", "accuracy_vs_imbalance"]
+    tables_ = ["accuracy", "time_to_fit", "delta_g"]
+    expected = [tmp_path / "plots" / f"{n}.png" for n in plots_] + [
+        tmp_path / "tables" / f"{n}.{ext}" for n in tables_ for ext in ("csv", "md", "tex")
+    ]
+    assert report_files(tmp_path) == expected
+    assert report_files(str(tmp_path)) == expected
+
+
+def test_every_item_names_a_function_that_takes_its_inputs_and_options():
+    for item in ITEMS:
+        function = resolve(item.function)
+        path = ("path",) if item.kind == "plot" else ()
+        keywords = {keyword: None for keyword, _ in item.options}
+        inspect.signature(function).bind(*item.inputs, *path, **keywords)  # TypeError if not
+        if item.check is not None:
+            inspect.signature(resolve(item.check)).bind(*item.inputs, **keywords)
+
+
+def test_captions_are_plain_text_for_snakemakes_template_engine():
+    # Snakemake renders a caption with Jinja2: {{ }}, {% %} and {# #} would be evaluated
+    for key, text in CAPTIONS.items():
+        assert not any(mark in text for mark in ("{{", "{%", "{#")), key
+
+
+def test_caption_file_writes_the_caption_once_and_repairs_a_changed_file(tmp_path):
+    path = Path(caption_file("tables/accuracy", tmp_path))
+    assert path.is_absolute() and path.parent == tmp_path
+    assert path.read_text(encoding="utf-8") == CAPTIONS["tables/accuracy"] + "\n"
+    stamp = path.stat().st_mtime_ns
+    os.utime(path, ns=(stamp - 10**9, stamp - 10**9))
+    assert caption_file("tables/accuracy", tmp_path) == str(path)
+    assert path.stat().st_mtime_ns == stamp - 10**9  # same text: not rewritten
+    path.write_text("stale\n")
+    caption_file("tables/accuracy", tmp_path)
+    assert path.read_text(encoding="utf-8") == CAPTIONS["tables/accuracy"] + "\n"
+    with pytest.raises(KeyError, match=r"plots/nope.*known: plots/time_to_fit"):
+        caption_file("plots/nope", tmp_path)
+
+
+def test_snakemake_report_shows_the_caption_from_the_list(tmp_path):
+    """The mechanism of workflow/rules/report.smk: a caption file written at parse time."""
+    (tmp_path / "Snakefile").write_text(
+        "from protolib.results.report import caption_file\n\n"
+        "rule all:\n"
+        "    output:\n"
+        '        report("out.txt", caption=caption_file("plots/gram"), category="c"),\n'
+        "    shell:\n"
+        '        "echo hi > {output}"\n'
+    )
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    command = [str(BIN / "snakemake"), "-s", str(tmp_path / "Snakefile"), "-d", str(workdir)]
+    for extra in (["--cores", "1"], ["--report", "report.html"]):
+        done = subprocess.run(
+            [*command, *extra], capture_output=True, text=True, env=env, timeout=300, check=False
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    html = (workdir / "report.html").read_text(encoding="utf-8")
+    assert "<strong>Final Gram matrices</strong>: the class-mean Gram G_M" in html
+
+
+def test_the_workflows_lists_import_without_torch_matplotlib_or_pandas():
+    code = (
+        "import sys\n"
+        "from protolib.results.report import CAPTIONS, caption_file, report_files\n"
+        "from protolib.theory.report import THEORY_FILES\n"
+        "print(sorted({'torch', 'matplotlib', 'pandas', 'scipy'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_unknown_gram_runs_are_refused_before_anything_is_written(experiment, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown run id\(s\) nope; known: ce_nw0_R1"):
+        make_report(experiment.aggregate, tmp_path / "report", gram_runs=["nope"])
+    assert not (tmp_path / "report").exists()
+
+
+def test_markdown_table_aligns_escapes_and_checks_its_rows():
+    text = markdown_table(["name", "value"], [["a|b", "1"], ["c", "2.5"]], align=["left", "right"])
+    assert text == "| name | value |\n|:---|---:|\n| a\\|b | 1 |\n| c | 2.5 |\n"
+    assert markdown_table(["x"], []) == "| x |\n|---|\n"
+    with pytest.raises(ValueError, match="row 0 has 1 cells for 2 columns"):
+        markdown_table(["x", "y"], [["1"]])
 
 
 # -- tables ----------------------------------------------------------------------------

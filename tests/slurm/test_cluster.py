@@ -55,7 +55,7 @@ CONFIG = {
     },
 }
 RUN_IDS = {"ce_R1_p0_s0", "supcon_nw0_R1_p0_s0", LONG_RUN}
-CLUSTER_ENV = {**NODE_ENV, "PROTOLIB_SLURM_RUNS_PER_JOB": "3"}  # the three runs in one job
+CLUSTER_ENV = NODE_ENV  # the three short runs are one train job (protolib.batching)
 TABLES = ("metrics.parquet", "geometry.parquet", "gamma.parquet", "data.parquet")
 AGGREGATES = [f"results/tiny/aggregate/{name}.parquet" for name in ("metrics", "geometry", "gamma")]
 
@@ -191,8 +191,8 @@ def _summary(workdir: Path, run_id: str) -> dict:
 def test_every_job_went_through_sbatch(runs):
     slurm_dir, _, killed_job, _ = runs
     jobs = sacct_jobs(slurm_dir, ["JobID", "State", "Comment", "AllocTRES", "Timelimit"])
-    # one job for the three training runs (the group small_runs), its retry after the kill,
-    # and theory; aggregate, report and tracking are local rules
+    # one train job for the three short runs (a batch), its retry after the kill, and
+    # theory; aggregate, report and tracking are local rules
     assert len(jobs) == 3, jobs
     trains = jobs[jobs["Comment"].str.contains("train")]
     assert len(trains) == 2, jobs
@@ -206,14 +206,15 @@ def test_every_job_went_through_sbatch(runs):
         r: [a["slurm_job_id"] for a in _summary(slurm_dir, r)["attempts"]] for r in RUN_IDS
     }
     used = {job for ids in worked_on.values() for job in ids}
-    # three runs, two SLURM jobs: the runs share them (the group small_runs)
+    # three runs, two SLURM jobs: the runs share them (the retry skips the finished ones)
     assert used == set(trains["JobID"]), worked_on
     finished_by = {r: ids[-1] for r, ids in worked_on.items()}
     # the time limit comes from the runs' budgets; a retry asks for twice as long
     limits = dict(zip(trains["JobID"], trains["Timelimit"].map(_minutes), strict=True))
     retry = finished_by[LONG_RUN]
     assert limits[retry] == 2 * limits[killed_job], limits
-    assert all(minutes % 5 == 0 for minutes in limits.values()), limits  # 5 per tiny run
+    # one start-up and three runs of seconds, twice: 5 minutes (10 for the retry)
+    assert sorted(limits.values()) == [5, 10], limits
 
 
 def _minutes(limit: str) -> int:

@@ -49,7 +49,7 @@ def _config(tmp_path: Path) -> None:
                     "supcon": {"loss": "supcon"},
                     # a CIFAR-sized budget: too long to share a job
                     "big": {"loss": "ce", "model": "resnet18_cifar", "iterations": 100000},
-                    # pinned to the CPU: no GPU, no GPU settings, never grouped
+                    # pinned to the CPU: no GPU, no GPU settings, never with GPU runs
                     "cpu": {"loss": "ce", "device": "cpu"},
                 },
                 "grid": {"seed": [0, 1, 2]},
@@ -94,52 +94,38 @@ def _dry_run(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
-def _grouped(output: str) -> list[set[str]]:
-    """The run ids of each group job in a verbose dry-run listing: its members are indented,
-    and the next top-level job starts with an unindented time stamp."""
-    groups, lines = [], output.splitlines()
-    for i, line in enumerate(lines):
-        if "Group job small_runs" in line:
-            members = set()
-            for member in lines[i + 1 :]:
-                if member.startswith("["):
-                    break
-                found = re.search(r"run_id=([\w.]+)", member)
-                if found:
-                    members.add(found[1])
-            groups.append(members)
-    return groups
-
-
 def _train_resources(output: str) -> dict[str, dict[str, str]]:
-    """{run_id: {resource: value}} from the verbose dry-run listing of train jobs."""
+    """{batch: {resource: value}} from the verbose dry-run listing of train jobs."""
     found = {}
     for block in output.split("rule train:")[1:]:
-        run_id = re.search(r"run_id=([\w.]+)", block)[1]
+        batch = re.search(r"batch=([\w.+]+)", block)[1]
         line = re.search(r"resources: (.*)", block)[1]
-        found[run_id] = dict(item.split("=", 1) for item in line.split(", "))
+        found[batch] = dict(item.split("=", 1) for item in line.split(", "))
     return found
 
 
-def test_dry_run_needs_no_slurm_and_groups_small_runs(tmp_path):
+# the six short GPU runs share one job (a cluster job costs a round trip: only
+# batch_seconds splits them); the ResNet runs (estimated too long) get a job each; the
+# three CPU runs share one, never with GPU runs
+BATCHES = {"ce_R1_p0_s0+5", "big_R1_p0_s0", "big_R1_p0_s1", "big_R1_p0_s2", "cpu_R1_p0_s0+2"}
+
+
+def test_dry_run_needs_no_slurm_and_batches_small_runs(tmp_path):
     _config(tmp_path)
     result = _dry_run(tmp_path, {})
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (tmp_path / "results").exists()
     output = result.stdout + result.stderr
     assert "Using profiles slurm" in output
-    # the six short GPU runs share one job (up to 16 per job); the ResNet runs (too long) and
-    # the CPU runs are not grouped
-    assert _grouped(output) == [{f"{v}_R1_p0_s{s}" for v in ("ce", "supcon_nw0") for s in range(3)}]
     train = _train_resources(output)
-    assert len(train) == 12
-    for run_id, res in train.items():
+    assert set(train) == BATCHES
+    for batch, res in train.items():
         assert res["cpus_per_gpu"] == "8" and res["mem_mb"] == "32000"
-        assert res["gpu"] == ("0" if run_id.startswith("cpu") else "1")
+        assert res["gpu"] == ("0" if batch.startswith("cpu") else "1")
         assert "slurm_account" not in res
         assert res["slurm_partition"] == res["gpu_model"] == "", res
-        if not run_id.startswith("big"):
-            assert res["runtime"] == "5", (run_id, res)
+        if not batch.startswith("big"):  # one start-up, a few seconds of runs, twice: 5 min
+            assert res["runtime"] == "5", (batch, res)
     # torch threads follow the CPUs per GPU
     assert "--threads 8" in output
 
@@ -157,8 +143,8 @@ def test_site_values_come_from_the_environment(tmp_path):
             assert res["slurm_partition"] == "gpu-a" and res["gpu_model"] == "h100", res
         assert res["cpus_per_gpu"] == "6" and res["mem_mb"] == "24000"
         assert res["runtime"] == "77"
-    # a time limit of 77 minutes is too long to share a job
-    assert _grouped(output) == []
+    # the override sets the time limit only; the batches follow the estimates
+    assert set(_train_resources(output)) == BATCHES
     theory = re.search(r"rule theory:.*?resources: (.*?)\n", output, re.S)[1]
     assert "slurm_account=lab42" in theory and "slurm_partition=cpu" in theory
     assert "--threads 6" in output
@@ -177,7 +163,10 @@ def test_runtime_estimate_matches_a_hand_computation():
     assert resources.estimated_seconds(run) == pytest.approx(seconds)
     assert resources.runtime_minutes(run) == math.ceil(2 * seconds / 60)
     assert resources.runtime_minutes(run, attempt=3) == 3 * math.ceil(2 * seconds / 60)
-    assert resources.job_group(run) == "small_runs"
+    # a batch of runs: one start-up, then each run's training
+    batch = 120 + 3 * (seconds - 120)
+    assert resources.runtime_minutes([run, run, run]) == math.ceil(2 * batch / 60)
+    assert resources.runtime_minutes([run, run, run], attempt=2) == 2 * math.ceil(2 * batch / 60)
     # an epoch budget counts the dataset's batches per epoch
     cifar = {
         "dataset": "cifar10",
@@ -192,7 +181,6 @@ def test_runtime_estimate_matches_a_hand_computation():
     steps = 200 * math.ceil(60000 / 512)
     seconds = 120 + steps * 512 * 2e-4 + (steps // 98 + 1) * 60000 * 2e-4 / 3
     assert resources.estimated_seconds(cifar) == pytest.approx(seconds)
-    assert resources.job_group(cifar) is None
     # defaults come from RunConfig: digits, mlp, 1000 iterations of 256, evaluation every 100
     d = RunConfig()
     assert (d.dataset, d.model, d.iterations, d.batch_size, d.eval_every, d.views) == (
@@ -208,7 +196,7 @@ def test_runtime_estimate_matches_a_hand_computation():
     assert resources.gpus({}) == 1 and resources.gpus({"device": "cpu"}) == 0
 
 
-def test_cpu_runs_use_cpu_costs_and_never_share_a_job(monkeypatch):
+def test_cpu_runs_use_cpu_costs_and_no_gpu_settings(monkeypatch):
     run = {
         "dataset": "cifar10",
         "model": "resnet18_cifar",
@@ -220,8 +208,6 @@ def test_cpu_runs_use_cpu_costs_and_never_share_a_job(monkeypatch):
     seconds = 120 + 1000 * 128 * 4e-2 + (1000 // 500 + 1) * 60000 * 4e-2 / 3
     assert resources.estimated_seconds(run) == pytest.approx(seconds)
     tiny = {"dataset": "digits", "model": "mlp", "iterations": 10, "device": "cpu"}
-    assert resources.runtime_minutes(tiny) <= resources.SMALL_RUN_MINUTES
-    assert resources.job_group(tiny) is None
     monkeypatch.setenv("PROTOLIB_SLURM_GPU_MODEL", "a100")
     monkeypatch.setenv("PROTOLIB_SLURM_PARTITION", "general")
     assert resources.gpu_model(tiny) == "" and resources.partition(tiny) == "general"

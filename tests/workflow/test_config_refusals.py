@@ -368,11 +368,13 @@ def test_the_train_job_gets_exactly_the_values_given_in_base_and_variant(tmp_pat
         losses={"ce": {"loss": "ce", "label_corruption": 0.1000001}},
     )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    target = "results/e/runs/ce_R10_p0.1000001_s3/config.json"
+    target = "results/e/batches/ce_R10_p0.1000001_s3.json"  # a batch of one run
     result = snakemake(tmp_path, "-n", "-p", target)
     assert result.returncode == 0, result.stderr[-3000:]
-    command = re.search(r"protolib train --config - .*<<< (.+?) >", result.stdout).group(1)
-    job = RunConfig.from_dict(json.loads(shlex.split(command)[0]))
+    command = re.search(r"protolib train --batch - .*<<< (.+?) >", result.stdout).group(1)
+    (entry,) = json.loads(shlex.split(command)[0])["runs"]
+    assert entry["out"] == "results/e/runs/ce_R10_p0.1000001_s3"
+    job = RunConfig.from_dict(entry["config"])
     assert job.grid_keys == {
         "loss": "ce",
         "n_w": 0,

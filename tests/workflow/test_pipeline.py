@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from protolib.pipeline import PipelineConfigError, plan
 from protolib.results.aggregate import RUNS_SCHEMA
 from protolib.results.report import report_files
 from protolib.results.schema import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA, read_table
@@ -101,9 +102,25 @@ def pipeline(tmp_path_factory):
 def test_dry_run_lists_the_expected_jobs(pipeline):
     _, dry, _ = pipeline
     counts = job_counts(dry.stdout + dry.stderr)
-    assert counts == {"train": 6, "aggregate": 1, "report": 1, "tracking": 1, "theory": 1, "all": 1}
-    listed = set(re.findall(r"runs/([^/\s]+)/summary\.json", dry.stdout + dry.stderr))
-    assert listed == EXPECTED_RUNS  # n_w is not expanded for ce
+    # six short runs on two cores: two train jobs (batches) of three runs each
+    assert counts == {"train": 2, "aggregate": 1, "report": 1, "tracking": 1, "theory": 1, "all": 1}
+    listed = set(re.findall(r"batches/([^/\s]+)\.json", dry.stdout + dry.stderr))
+    assert listed == {"ce_R1_p0_s0+2", "ce_R1_p0.5_s0+2"}
+
+
+def test_each_run_of_a_batch_has_its_directory_and_log(pipeline):
+    workdir, _, _ = pipeline
+    tiny = workdir / "results" / "tiny"
+    assert {p.name for p in (tiny / "runs").iterdir()} == EXPECTED_RUNS  # n_w not for ce
+    for run_id in EXPECTED_RUNS:
+        log = (tiny / "logs" / "train" / f"{run_id}.log").read_text()
+        assert f"{run_id}: completed" in log or f"{run_id}: " in log, log
+        others = EXPECTED_RUNS - {run_id}
+        assert not any(f"{other}:" in log for other in others), log
+    batch_logs = sorted((tiny / "logs" / "batches").glob("*.log"))
+    assert [p.stem for p in batch_logs] == ["ce_R1_p0.5_s0+2", "ce_R1_p0_s0+2"]
+    lines = [line for p in batch_logs for line in p.read_text().splitlines()]
+    assert sorted(line.split(":")[0] for line in lines) == sorted(EXPECTED_RUNS), lines
 
 
 def test_aggregate_has_declared_schemas_and_every_run(pipeline):
@@ -208,13 +225,27 @@ def test_rerun_is_a_noop_and_tracking_rerun_creates_no_duplicates(pipeline):
     ],
 )
 def test_bad_config_fails_with_one_line_and_writes_nothing(tmp_path, mutate, message):
+    """What the workflow calls at plan time (protolib.pipeline.plan), in-process; the
+    command's exit status and one line: test_the_command_refuses_a_bad_config."""
     config = tiny_config()
     mutate(config)
+    with pytest.raises(PipelineConfigError) as caught:
+        plan(config, ROOT / "workflow" / "schemas" / "config.schema.yaml", workdir=tmp_path)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_command_refuses_a_bad_config(tmp_path):
+    config = tiny_config()
+    config["experiments"]["tiny"]["grid"].update(label_corruption=[0.2, 1.5])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "all", timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("protolib: ")]
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert lines == [
+        "protolib: config: experiments.tiny.grid.label_corruption.1: "
+        "1.5 is greater than the maximum of 1"
+    ], result.stderr
     assert not (tmp_path / "results").exists()
 
 
@@ -256,12 +287,13 @@ def test_a_plugin_loss_runs_alongside_the_builtin_ones(tmp_path):
     assert runs.set_index("run_id").loc["margin_R1_p0_s0", "loss_type"] == "cosine_margin"
 
 
-def test_report_captions_match_the_library():
+def test_report_captions_come_from_the_list(pipeline):
     from protolib.results.report import CAPTIONS
 
-    folder = ROOT / "workflow" / "report"
-    files = {p.stem: p.read_text() for p in folder.glob("*.rst")}
-    assert files == {key.replace("/", "_"): text.rstrip() + "\n" for key, text in CAPTIONS.items()}
+    workdir, _, _ = pipeline
+    folder = workdir / ".snakemake" / "protolib" / "captions"
+    files = {p.stem: p.read_text(encoding="utf-8") for p in folder.glob("*.rst")}
+    assert files == {k.replace("/", "_"): t.rstrip() + "\n" for k, t in CAPTIONS.items()}
 
 
 def test_a_failing_tracking_server_fails_the_rule_and_loses_nothing(pipeline):

@@ -1,4 +1,5 @@
-# Fan-in: compact every run of an experiment into its query tables (DuckDB).
+# Fan-in: compact every run of an experiment into its query tables (`protolib aggregate`,
+# which verifies each run directory against its config and manifest).
 
 
 localrules:
@@ -7,7 +8,7 @@ localrules:
 
 rule aggregate:
     input:
-        summaries=run_summaries,
+        batch_markers,
     output:
         runs=f"{RESULTS}/{{experiment}}/aggregate/runs.parquet",
         metrics=f"{RESULTS}/{{experiment}}/aggregate/metrics.parquet",
@@ -15,10 +16,8 @@ rule aggregate:
         gamma=f"{RESULTS}/{{experiment}}/aggregate/gamma.parquet",
     log:
         f"{RESULTS}/{{experiment}}/logs/aggregate.log",
-    run:
-        from protolib.results.aggregate import aggregate
-
-        written = aggregate([Path(s).parent for s in input.summaries], Path(output.runs).parent)
-        Path(log[0]).write_text(
-            "".join(f"{name}: {path}\n" for name, path in written.items())
-        )
+    params:
+        run_dirs=lambda w: run_dirs(w.experiment),
+        out=lambda w, output: Path(output.runs).parent,
+    shell:
+        "protolib aggregate {params.run_dirs:q} --out {params.out:q} > {log} 2>&1"

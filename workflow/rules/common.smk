@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from protolib import resources
+from protolib.batching import plan_batches
 from protolib.pipeline import PipelineConfigError, plan, read_config_file
 
 
@@ -54,25 +55,40 @@ RUNS = PLAN.runs
 RESULTS = PLAN.results
 
 
+def _slots():
+    """Train jobs that should run at once: the cores here; on a cluster, where a job costs a
+    scheduler round trip, as few as ``batch_seconds`` allows (protolib.batching)."""
+    if workflow.local_exec:
+        return workflow.global_resources["_cores"].value or 1
+    return 1
+
+
+# The train jobs: {experiment: {batch name: Batch}}; each trains its runs in one process.
+BATCHES = {
+    experiment: plan_batches(runs, batch_seconds=PLAN.batch_seconds, slots=_slots())
+    for experiment, runs in RUNS.items()
+}
+
+
 wildcard_constraints:
     experiment="|".join(re.escape(name) for name in RUNS),
-    run_id="[A-Za-z0-9][A-Za-z0-9._=,+-]*",
-
-
-def run_config(wildcards):
-    return RUNS[wildcards.experiment][wildcards.run_id]
+    batch="[A-Za-z0-9][A-Za-z0-9._=,+-]*",
 
 
 def run_dir(experiment, run_id):
     return f"{RESULTS}/{experiment}/runs/{run_id}"
 
 
-def run_summaries(wildcards):
-    return [f"{run_dir(wildcards.experiment, r)}/summary.json" for r in RUNS[wildcards.experiment]]
+def run_dirs(experiment):
+    return [run_dir(experiment, r) for r in RUNS[experiment]]
 
 
-def aggregate_dir(experiment):
-    return f"{RESULTS}/{experiment}/aggregate"
+def batch_marker(experiment, batch):
+    return f"{RESULTS}/{experiment}/batches/{batch}.json"
+
+
+def batch_markers(wildcards):
+    return [batch_marker(wildcards.experiment, b) for b in BATCHES[wildcards.experiment]]
 
 
 def report_dir(experiment):

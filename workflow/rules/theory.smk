@@ -1,6 +1,6 @@
 # Bounds and unconstrained-features simulations (MATH.md §4–5), on the CPU, beside the
 # training grid: results/theory/{bounds,ufm}.parquet, a Markdown table of bound vs
-# attained loss, and plots.
+# attained loss, and plots (`protolib theory`).
 
 from protolib.theory.report import THEORY_FILES
 
@@ -10,9 +10,8 @@ rule theory:
         [f"{RESULTS}/theory/{name}" for name in THEORY_FILES],
     log:
         f"{RESULTS}/theory/logs/theory.log",
+    params:
+        out=f"{RESULTS}/theory",
     threads: 1
-    run:
-        from protolib.theory.report import make_theory
-
-        written = make_theory(f"{RESULTS}/theory", threads=threads)
-        Path(log[0]).write_text("".join(f"{name}: {path}\n" for name, path in written.items()))
+    shell:
+        "protolib theory --out {params.out:q} --threads {threads} > {log} 2>&1"

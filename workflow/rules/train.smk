@@ -1,21 +1,26 @@
-# One job per run: `protolib train` writes the run directory (every file atomically).
-# The periodic resume state (resume.pt) is deliberately not a declared output, so that
-# Snakemake's clean-up of an interrupted job keeps it and the re-run resumes.
+# Train jobs: each is a batch of runs (protolib.batching: short runs several to a process,
+# long ones alone), trained one after another by one `protolib train --batch` process, each
+# into its own run directory (every file written atomically) with its own log
+# (logs/train/<run_id>.log), lock and resume state. The job's output is a marker written
+# when every run of the batch has finished; the run directories are not declared outputs,
+# so that Snakemake never deletes a finished run (a re-run batch skips its finished runs and
+# resumes the interrupted one from its resume.pt).
 #
-# On a cluster (`--profile slurm`): a time limit derived from the run's budget (minutes,
-# times the attempt number: a retry after a timeout gets longer and resumes), one GPU
-# (its type and partition) unless the run is pinned to the CPU, and short GPU runs in the
-# job group "small_runs", which the profile packs several to a SLURM job
-# (protolib/resources.py). Locally these only matter with `--resources gpu=N`.
+# On a cluster (`--profile slurm`): a time limit derived from the batch's budget (minutes,
+# times the attempt number: a retry gets longer and resumes), one GPU (its type and
+# partition) unless the runs are pinned to the CPU (protolib/resources.py). Locally these
+# only matter with `--resources gpu=N`.
 #
-# A finished run whose summary.json is corrupt, or whose declared files are missing or of
-# another size than its manifest records, is retrained, and only it (with its
-# experiment's aggregate, report and tracking downstream): the runs are checked once at
-# plan time (one stat per file; protolib.results.manifest) and their train jobs forced,
-# in dry runs too, which only report. When the workflow really starts, the damaged
-# outputs are first moved to <run>/.corrupt/<timestamp>/ (Snakemake would delete them).
+# A finished run whose summary.json is corrupt, whose declared files are missing or of
+# another size than its manifest records, or whose config.json is not the experiment's
+# config any more, is retrained, and only it (with its experiment's aggregate, report and
+# tracking downstream): the runs are checked once at plan time (one stat per file and one
+# small read; protolib.batching.stale_reason) and their batches forced, in dry runs too,
+# which only report. So is a finished batch with a run that has no summary. When the
+# workflow really starts, the stale outputs are first moved to <run>/.corrupt/<timestamp>/.
 
-from protolib.results.manifest import damaged_runs, quarantine
+from protolib.batching import stale_reason
+from protolib.results.manifest import SUMMARY, quarantine
 
 
 def force_rerun(files):
@@ -29,55 +34,77 @@ def force_rerun(files):
         dag.forcefiles.update(files)
 
 
-DAMAGED = {}  # run directory -> why it is damaged
+def train_log(experiment, run_id):
+    return f"{RESULTS}/{experiment}/logs/train/{run_id}.log"
+
+
+STALE_RUNS = {}  # run directory -> why its outputs cannot stand
+RETRAIN = set()  # batch markers whose batch must train again
 if workflow.is_main_process:  # not in the processes a cluster job starts
-    DAMAGED = damaged_runs(run_dir(e, r) for e in RUNS for r in RUNS[e])
-    for _folder, _why in DAMAGED.items():
-        print(f"protolib: {_why}; retraining {_folder}", file=sys.stderr)
+    for _experiment, _batches in BATCHES.items():
+        for _name, _batch in _batches.items():
+            _marker = batch_marker(_experiment, _name)
+            for _run in _batch.runs:
+                _folder = run_dir(_experiment, _run)
+                _why = stale_reason(_folder, RUNS[_experiment][_run])
+                if _why is not None:
+                    print(f"protolib: {_why}; retraining {_folder}", file=sys.stderr)
+                    STALE_RUNS[_folder] = _why
+                    RETRAIN.add(_marker)
+                elif os.path.exists(_marker) and not os.path.exists(f"{_folder}/{SUMMARY}"):
+                    print(f"protolib: {_folder} has no {SUMMARY}; training it", file=sys.stderr)
+                    RETRAIN.add(_marker)
 
 
-def _retrain_if_damaged(wildcards):
-    folder = run_dir(wildcards.experiment, wildcards.run_id)
-    if folder in DAMAGED:
-        force_rerun([f"{folder}/summary.json"])
+def _retrain_if_stale(wildcards):
+    marker = batch_marker(wildcards.experiment, wildcards.batch)
+    if marker in RETRAIN:
+        force_rerun([marker])
     return []
+
+
+def _batch_spec(wildcards, output):
+    experiment = wildcards.experiment
+    runs = [
+        {
+            "config": RUNS[experiment][r],
+            "out": run_dir(experiment, r),
+            "log": train_log(experiment, r),
+        }
+        for r in BATCHES[experiment][wildcards.batch].runs
+    ]
+    return json.dumps({"runs": runs, "done": output[0]}, sort_keys=True)
+
+
+def _batch_configs(wildcards):
+    return [RUNS[wildcards.experiment][r] for r in BATCHES[wildcards.experiment][wildcards.batch].runs]
 
 
 onstart:
     if not workflow.touch:
-        for folder in DAMAGED:
+        for folder in STALE_RUNS:
             kept = quarantine(folder)
             if kept is not None:
-                print(f"protolib: moved the damaged outputs of {folder} to {kept}", file=sys.stderr)
-
+                print(f"protolib: moved the stale outputs of {folder} to {kept}", file=sys.stderr)
 
 
 rule train:
     input:
-        _retrain_if_damaged,  # no files: forces the job of a damaged finished run
+        _retrain_if_stale,  # no files: forces the job of a batch with a stale run
     output:
-        summary=f"{RESULTS}/{{experiment}}/runs/{{run_id}}/summary.json",
-        config=f"{RESULTS}/{{experiment}}/runs/{{run_id}}/config.json",
-        metrics=f"{RESULTS}/{{experiment}}/runs/{{run_id}}/metrics.parquet",
-        geometry=f"{RESULTS}/{{experiment}}/runs/{{run_id}}/geometry.parquet",
-        gamma=f"{RESULTS}/{{experiment}}/runs/{{run_id}}/gamma.parquet",
-        data=f"{RESULTS}/{{experiment}}/runs/{{run_id}}/data.parquet",
-        checkpoint=f"{RESULTS}/{{experiment}}/runs/{{run_id}}/checkpoint.pt",
+        f"{RESULTS}/{{experiment}}/batches/{{batch}}.json",
     log:
-        f"{RESULTS}/{{experiment}}/logs/train/{{run_id}}.log",
+        f"{RESULTS}/{{experiment}}/logs/batches/{{batch}}.log",
     params:
-        config=lambda w: json.dumps(run_config(w), sort_keys=True),
-        out=lambda w: run_dir(w.experiment, w.run_id),
+        spec=_batch_spec,
     threads: 1
     resources:
-        runtime=lambda w, attempt: resources.runtime_minutes(run_config(w), attempt),
-        gpu=lambda w: resources.gpus(run_config(w)),
-        gpu_model=lambda w: resources.gpu_model(run_config(w)),
-        slurm_partition=lambda w: resources.partition(run_config(w)),
-    group:
-        lambda w: resources.job_group(run_config(w))
+        runtime=lambda w, attempt: resources.runtime_minutes(_batch_configs(w), attempt),
+        gpu=lambda w: resources.gpus(_batch_configs(w)[0]),
+        gpu_model=lambda w: resources.gpu_model(_batch_configs(w)[0]),
+        slurm_partition=lambda w: resources.partition(_batch_configs(w)[0]),
     shell:
         # exec: the shell becomes protolib, so a SIGTERM (SLURM time limit, preemption, scancel)
         # reaches the trainer, which checkpoints, and nothing ends the step before it has.
-        "exec protolib train --config - --out {params.out} --threads {threads} --no-progress"
-        " <<< {params.config:q} > {log} 2>&1"
+        "exec protolib train --batch - --threads {threads} --no-progress"
+        " <<< {params.spec:q} > {log} 2>&1"

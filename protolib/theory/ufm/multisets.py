@@ -1,0 +1,172 @@
+"""Simulation 3: SupCon summed over every multiset batch, exactly, against Theorem 2
+(MATH.md §5.3), and the batched multiset loss it needs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from protolib.theory.bounds import supcon_lower_bound
+from protolib.theory.ufm.core import (
+    DTYPE,
+    TABLE_COLUMNS,
+    TRACE_COLUMNS,
+    Fit,
+    Rows,
+    UFMResult,
+    add_trace,
+    balanced_labels,
+    best_of,
+    fit_lbfgs,
+    gamma_checks,
+    on_circle,
+    random_angles,
+)
+
+
+def multiset_counts(num_items: int, size: int) -> np.ndarray:
+    """Every multiset of ``size`` elements drawn from ``num_items`` items, as count vectors.
+
+    Returns ``(C(num_items + size − 1, size), num_items)`` int64, rows summing to
+    ``size``, in lexicographic order of the count vectors. Built column by column
+    (vectorised, no per-multiset Python loop)."""
+    if num_items < 1 or size < 0:
+        raise ValueError(f"need num_items >= 1 and size >= 0; got {num_items}, {size}")
+    rows = np.zeros((1, 0), dtype=np.int64)
+    remaining = np.array([size], dtype=np.int64)
+    for _ in range(num_items - 1):
+        choices = remaining + 1  # this item occurs 0..remaining times
+        parent = np.repeat(np.arange(rows.shape[0]), choices)
+        starts = np.repeat(np.cumsum(choices) - choices, choices)
+        count = np.arange(parent.size, dtype=np.int64) - starts
+        rows = np.concatenate([rows[parent], count[:, None]], axis=1)
+        remaining = remaining[parent] - count
+    return np.concatenate([rows, remaining[:, None]], axis=1)
+
+
+def multiset_supcon_losses(
+    members: Tensor, labels: Tensor, counts: Tensor, *, tau: float
+) -> Tensor:
+    """SupCon summed over anchors (MATH.md §1.3, ``reduction="sum"``) of many batches
+    that are multisets of the same ``n`` distinct members, in one batched computation.
+
+    Batch ``m`` holds member ``t`` ``c_t = counts[m, t]`` times. As in
+    :func:`protolib.losses.multiset.multiset_contrastive`, with ``M_at = c_t − [t = a]``
+    copies of ``t`` among the others of an anchor copy of ``a`` and ``P_at = M_at [y_t =
+    y_a]``::
+
+        ℓ_a = log Σ_t M_at e^{s_at} − Σ_t P_at s_at / Σ_t P_at,   s_at = <z_a, z_t>/τ,
+
+    and the batch loss is ``Σ_a c_a [Σ_t P_at > 0] ℓ_a``. The diagonal term enters as
+    ``(c_a − 1) e^{s_aa}`` (never as a difference), and each row of the exponentials is
+    shifted by its largest similarity, so the sums are exact and stable.
+
+    Args:
+        members: ``(n, d)`` unit rows (not checked).
+        labels: ``(n,)`` int64.
+        counts: ``(M, n)`` non-negative counts (any dtype).
+        tau: temperature.
+
+    Returns:
+        ``(M,)`` batch losses (differentiable in ``members``).
+    """
+    similarity = members @ members.T / tau  # (n, n)
+    dtype = similarity.dtype
+    c = counts.to(dtype)
+    same = (labels.unsqueeze(0) == labels.unsqueeze(1)).to(dtype)
+    off = 1.0 - torch.eye(members.shape[0], dtype=dtype, device=members.device)
+    shift = similarity.detach().max(dim=1).values  # (n,)
+    exps = torch.exp(similarity - shift.unsqueeze(1))
+    self_copies = (c - 1).clamp_min(0)  # copies of the anchor's own member among the others
+    denominator = c @ (exps * off).T + self_copies * exps.diagonal()
+    positives = c @ (same * off).T + self_copies  # Σ_t P_at
+    positive_sum = c @ (similarity * same * off).T + self_copies * similarity.diagonal()
+    counted = (c > 0) & (positives > 0)
+    safe_denominator = torch.where(counted, denominator, torch.ones_like(denominator))
+    anchor = safe_denominator.log() + shift - positive_sum / positives.clamp_min(1)
+    return torch.where(counted, c * anchor, torch.zeros_like(anchor)).sum(dim=1)
+
+
+# Longer than 60 lines only through its docstring (it documents every quantity of the
+# table); the code itself is under 60 lines.
+def supcon_all_multisets(
+    num_classes: int = 3,
+    points_per_class: int = 4,
+    batch_size: int = 9,
+    rho: float = 2.0,
+    seed: int = 0,
+    *,
+    starts: int = 1,
+    max_steps: int = 100,
+    iters_per_step: int = 50,
+    bins: int = 40,
+) -> UFMResult:
+    """SupCon summed over anchors for every multiset batch of size ``b`` drawn from the
+    ``N = K × points_per_class`` points, against Theorem 2 (MATH.md §5.3).
+
+    The ``N`` points lie on the circle of radius ``ρ`` (no temperature; equivalently unit
+    vectors with ``τ = 1/ρ²``) and their angles are optimised, from seeded uniformly
+    random angles, to minimise the mean batch loss over all ``C(N+b−1, b)`` multisets
+    (167 960 for ``N = 12``, ``b = 9``), computed exactly by
+    :func:`multiset_supcon_losses` over the count vectors of :func:`multiset_counts`.
+    The default ``ρ = 2`` (``ρ² = 4``, ``τ = 0.25``) keeps the problem well conditioned,
+    so L-BFGS reaches the bound to round-off; one start suffices (checked on 30 seeds).
+
+    Table (setting ``"rho=<ρ>"``): ``attained_mean``, ``bound_mean`` (Theorem 2 per batch,
+    :func:`protolib.theory.bounds.supcon_lower_bound`), ``gap`` (their difference),
+    ``rel_gap``, ``attained_total`` and ``bound_total`` (summed over all multisets),
+    ``num_multisets``, ``within_gamma_min``, ``class_mean_gamma_<i>_<j>``,
+    ``class_mean_gamma_target``, ``class_mean_gamma_max_error``, ``delta_g_etf``,
+    ``starts``, ``best_start``, ``starts_at_best``; and the histogram of the final batch
+    losses as quantity ``hist_count`` with setting ``"bin_centre=<c>"``.
+
+    Final: ``embeddings`` (N, 2, radius ρ), ``labels`` (N,), ``angles`` (N,),
+    ``batch_losses`` (M,) in the order of :func:`multiset_counts`, ``hist_counts`` (bins,),
+    ``hist_edges`` (bins + 1,). Trace: the mean batch loss per step (``"loss"``).
+    """
+    name = "supcon_all_multisets"
+    setting = f"rho={rho:g}"
+    K = num_classes
+    y = balanced_labels(K, points_per_class)
+    N = y.numel()
+    tau = 1.0 / (rho * rho)
+    counts = torch.from_numpy(multiset_counts(N, batch_size)).to(DTYPE)
+
+    def objective(params: list[Tensor]) -> Tensor:
+        return multiset_supcon_losses(on_circle(params[0]), y, counts, tau=tau).mean()
+
+    def fit(init: list[Tensor]) -> Fit:
+        return fit_lbfgs(init, objective, max_steps=max_steps, iters_per_step=iters_per_step)
+
+    best, info = best_of(starts, seed, lambda g: [random_angles(N, g)], fit)
+    angles = best.params[0]
+    h = on_circle(angles)
+    batch_losses = multiset_supcon_losses(h, y, counts, tau=tau)
+    bound = supcon_lower_bound(N, K, batch_size, rho)
+    table, trace = Rows(), Rows()
+    table.add(name, setting, "attained_mean", best.loss)
+    table.add(name, setting, "bound_mean", bound)
+    table.add(name, setting, "gap", best.loss - bound)
+    table.add(name, setting, "rel_gap", (best.loss - bound) / abs(bound))
+    table.add(name, setting, "attained_total", batch_losses.sum())
+    bound_total = supcon_lower_bound(N, K, batch_size, rho, per_batch=False)
+    table.add(name, setting, "bound_total", bound_total)
+    table.add(name, setting, "num_multisets", counts.shape[0])
+    gamma_checks(table, name, setting, h, y, K)
+    for quantity, value in info.items():
+        table.add(name, setting, quantity, value)
+    losses = batch_losses.numpy()
+    hist_counts, hist_edges = np.histogram(losses, bins=bins)
+    for centre, count in zip((hist_edges[:-1] + hist_edges[1:]) / 2, hist_counts, strict=True):
+        table.add(name, f"bin_centre={centre:.6g}", "hist_count", count)
+    add_trace(trace, setting, best)
+    final = {
+        "embeddings": (rho * h).numpy(),
+        "labels": y.numpy(),
+        "angles": angles.numpy().copy(),
+        "batch_losses": losses,
+        "hist_counts": hist_counts,
+        "hist_edges": hist_edges,
+    }
+    return UFMResult(table.frame(TABLE_COLUMNS), final, trace.frame(TRACE_COLUMNS))

@@ -1,0 +1,265 @@
+"""From a validated run config to ready objects: :func:`prepare` → :class:`Prepared`.
+
+Data (imbalance, corruption), network (:func:`~protolib.models.build_network`),
+prototypes, loss, optimiser, learning-rate schedule and loaders are all built here, and
+every input a component refuses becomes a :class:`ConfigError` naming its key, before
+anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from protolib.data import (
+    Augment,
+    DatasetSplits,
+    DeviceLoader,
+    check_imbalance,
+    corrupt_labels,
+    load_dataset,
+    step_imbalance,
+)
+from protolib.geometry import GeometryError, make_prototypes, target_gram
+from protolib.losses import Loss, LossNeeds
+from protolib.models import Network, build_network
+from protolib.registry import LOSSES, RegistryError
+from protolib.train.config import ConfigError, RunConfig
+from protolib.train.schedule import lr_multiplier
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and validated before any output is written."""
+
+    config: RunConfig
+    device: torch.device
+    data: DatasetSplits
+    kept: Tensor  # indices of the training split used (after imbalance)
+    train_labels: Tensor  # training labels used (after corruption), on the device
+    original_labels: Tensor  # labels before corruption, CPU
+    changed: Tensor  # positions (into kept) whose label was changed
+    needs: LossNeeds
+    prototypes: Tensor | None
+    target: Tensor
+    network: Network
+    loss: Loss
+    loader: DeviceLoader
+    total_steps: int
+    autocast: bool
+    channels_last: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    test_loader: DeviceLoader  # evaluation only: iterate() in order, no sampling
+    test_labels: Tensor  # on the device
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a config's ``device`` names (``auto``: CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device 'cuda' was asked for but no CUDA device is available; use auto or cpu"
+        )
+    return torch.device(name)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load data, build model, prototypes, loss, optimiser and schedule; raise
+    :class:`ConfigError` on any invalid input."""
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    with options_errors("dataset_options"):
+        data = load_dataset(config.dataset, **config.dataset_options)
+    kept, original, labels, changed = _training_points(config, data)
+    needs = LOSSES.get(config.loss).needs
+    torch.manual_seed(config.seed)  # the network's initial weights
+    network, prototypes, target = _network(config, data, needs)
+    loss_options = dict(config.loss_options)
+    if needs.prototypes != "no":
+        loss_options["prototypes"] = prototypes
+    if needs.prototypes == "optional":
+        loss_options["n_w"] = config.n_w
+    with options_errors("loss_options"):
+        loss = LOSSES.create(config.loss, **loss_options)
+    on_cuda = device.type == "cuda"
+    channels_last = config.channels_last and on_cuda
+    network = network.to(device)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    loader, test_loader = _loaders(config, data, kept, labels, device)
+    if config.iterations is not None:
+        total = config.iterations
+    else:
+        total = config.epochs * loader.steps_per_epoch
+    optimizer, scheduler = _optimiser(config, network, total, loader.steps_per_epoch)
+    return Prepared(
+        config=config,
+        device=device,
+        data=data,
+        kept=kept,
+        train_labels=labels.to(device),
+        original_labels=original,
+        changed=changed,
+        needs=needs,
+        prototypes=prototypes,
+        target=target,
+        network=network,
+        loss=loss.to(device),
+        loader=loader,
+        total_steps=total,
+        autocast=config.amp and on_cuda,
+        channels_last=channels_last,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        test_loader=test_loader,
+        test_labels=data.test.labels.to(device),
+    )
+
+
+def _training_points(
+    config: RunConfig, data: DatasetSplits
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The training points a run uses: kept indices (after imbalance), their original
+    labels, their training labels (after corruption) and the positions that changed."""
+    K = data.num_classes
+    _, height, width = data.image_shape
+    if config.crop_padding > min(height, width):
+        raise ConfigError(
+            f"crop_padding must be at most the image size {min(height, width)} for "
+            f"{config.dataset} ({height}x{width} images), got {config.crop_padding}"
+        )
+    try:
+        check_imbalance(data.train.labels, config.imbalance_ratio, K)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    kept = step_imbalance(data.train.labels, config.imbalance_ratio, K, config.seed)
+    original = data.train.labels[kept]
+    labels, changed = corrupt_labels(
+        original, config.label_corruption, K, config.seed, mode=config.corruption_mode
+    )
+    return kept, original, labels, changed
+
+
+def _loaders(
+    config: RunConfig, data: DatasetSplits, kept: Tensor, labels: Tensor, device: torch.device
+) -> tuple[DeviceLoader, DeviceLoader]:
+    """The training loader (sampling, views, augmentation; seeded) of the kept points
+    with their training labels, and the test loader (evaluation only: in order)."""
+    train = DeviceLoader(
+        data.train.images[kept],
+        labels,
+        batch_size=config.batch_size,
+        mean=data.mean,
+        std=data.std,
+        device=device,
+        sampling=config.sampling,
+        views=config.views,
+        augment=Augment(crop_padding=config.crop_padding, flip=config.flip),
+        seed=config.seed,
+    )
+    test = DeviceLoader(
+        data.test.images,
+        data.test.labels,
+        batch_size=1,
+        mean=data.mean,
+        std=data.std,
+        device=device,
+        sampling="epoch",
+    )
+    return train, test
+
+
+def _network(
+    config: RunConfig, data: DatasetSplits, needs: LossNeeds
+) -> tuple[Network, Tensor | None, Tensor]:
+    """The network, the run's prototypes (None when its loss uses none) and the target
+    Gram its class means are compared with."""
+    K = data.num_classes
+    uses_prototypes = needs.prototypes == "yes" or (
+        needs.prototypes == "optional" and config.n_w > 0
+    )
+    made: list[Tensor] = []
+
+    def prototypes(dim: int) -> Tensor:  # build_network calls it once d is known
+        made.append(_prototypes(config, K, dim))
+        return made[0]
+
+    with options_errors("model_options"):
+        network = build_network(
+            config.model,
+            in_shape=data.image_shape,
+            num_classes=K,
+            needs=needs,
+            prototypes=prototypes if uses_prototypes else None,
+            projector=config.projector,
+            projector_dim=config.projector_dim,
+            model_options=config.model_options,
+        )
+    if not uses_prototypes:
+        return network, None, target_gram("etf", K)
+    # the same call succeeded inside make_prototypes
+    return network, made[0], target_gram(config.geometry, K, **config.geometry_options)
+
+
+def _prototypes(config: RunConfig, num_classes: int, dim: int) -> Tensor:
+    """The ``(K, dim)`` prototypes of the run's geometry, or a :class:`ConfigError`."""
+    try:
+        return make_prototypes(
+            config.geometry, num_classes, dim, seed=config.seed, **config.geometry_options
+        )
+    except (GeometryError, RegistryError) as error:
+        raise ConfigError(
+            f"{error} (the embedding dimension is set by the model or projector_dim)"
+        ) from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ConfigError(f"geometry_options: {one_line(error)}") from None
+
+
+def _optimiser(
+    config: RunConfig, network: Network, total: int, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with momentum and weight decay, and its per-iteration schedule (milestones
+    in epochs are converted to iterations)."""
+    optimizer = torch.optim.SGD(
+        network.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    milestones = list(config.milestones)
+    if config.epochs is not None:
+        milestones = [m * steps_per_epoch for m in milestones]
+    multiplier = lr_multiplier(
+        config.schedule,
+        total=total,
+        milestones=milestones,
+        factor=config.lr_factor,
+        power=config.poly_power,
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+@contextmanager
+def options_errors(key: str) -> Iterator[None]:
+    """Turn an error a component raises on its options into a :class:`ConfigError` that
+    names ``key`` (the component's own message says which option and what is allowed);
+    a :class:`ConfigError` raised inside passes unchanged."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ConfigError(f"{key}: {one_line(error)}") from None
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """The message of ``error`` on one line, at most ``limit`` characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

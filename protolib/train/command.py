@@ -1,0 +1,181 @@
+"""``protolib train``: one run (``--config``/``--set``/``--out``) or a batch of runs in
+one process (``--batch FILE``).
+
+Exit status: 0 done; 2 refused before any work, with one line on standard error; 1 a
+batch in which some run failed (the others ran); 128 + signal number when SIGTERM or
+Ctrl-C stopped a run (it saved a checkpoint; the same command resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from protolib.io import write_json
+from protolib.train.batch import BatchRun, fresh_state, output_to, read_batch
+from protolib.train.build import one_line
+from protolib.train.config import INT_RANGES, RunConfig, parse_config_json, read_config_file
+from protolib.train.lock import RunDirectoryInUse
+from protolib.train.loop import RunInterrupted
+from protolib.train.run import train_run
+
+PREFIX = "protolib train"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``protolib train`` with parsed ``args`` (config, out, batch, threads,
+    overrides, progress); the exit status."""
+    low, high = INT_RANGES["threads"]
+    if args.threads is not None and not low <= args.threads <= high:
+        return _refuse(f"--threads must be an integer in {low}..{high}, got {args.threads}")
+    batch = getattr(args, "batch", None)
+    if batch is not None:
+        given = [
+            flag
+            for flag, value in (("--config", args.config), ("--out", args.out))
+            if value is not None
+        ] + (["--set"] if args.overrides else [])
+        if given:
+            return _refuse(
+                f"--batch takes each run's config and out from the batch file; "
+                f"do not give {', '.join(given)} with it"
+            )
+        return _batch(batch, args.threads, args.progress)
+    if args.out is None:
+        return _refuse("give --out DIR (the run directory), or --batch FILE for several runs")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return _single(args)
+
+
+def write_error(error: OSError, out: str) -> str:
+    """One line for an output that could not be written (a full disk says so)."""
+    reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    if error.errno == errno.ENOSPC:
+        return (
+            f"no space left on {out} ({reason}); free some space, then re-run the same "
+            "command to resume"
+        )
+    where = f" ({error.filename})" if error.filename else ""
+    return f"cannot write the run directory {out}{where}: {reason}"
+
+
+def _single(args: argparse.Namespace) -> int:
+    """One run: the config from ``--config`` (a file, ``-`` for standard input, or none:
+    the defaults) with ``--set`` overrides."""
+    overrides: dict[str, object] = {}
+    for key, value in args.overrides:
+        if key is None:
+            return _refuse(f"--set expects KEY=VALUE, got {value!r}")
+        if key in overrides:
+            return _refuse(f"--set {key} is given twice; give each key once")
+        overrides[key] = value
+
+    def config() -> RunConfig:
+        if args.config == "-":
+            data = parse_config_json(_stdin_bytes("--config -", "run config"), "on standard input")
+        else:
+            data = read_config_file(args.config) if args.config else {}
+        data.update(overrides)
+        return RunConfig.from_dict(data)
+
+    code, _ = _train(config, args.out, args.progress)
+    return code
+
+
+def _train(config: Callable[[], RunConfig], out: str, progress: bool | None) -> tuple[int, str]:
+    """Train the run ``config()`` builds into ``out``: print its status line (standard
+    output) or its error (one line, standard error); return the exit status and line."""
+    try:
+        summary = train_run(config(), out, progress=progress)
+    except RunInterrupted as error:
+        line = f"{PREFIX}: {error}"
+        print(line, file=sys.stderr)
+        return 128 + error.signum, line
+    except RunDirectoryInUse as error:
+        return 2, _error(str(error))
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        return 2, _error(str(error))
+    except OSError as error:  # the run directory cannot be written
+        return 2, _error(write_error(error, out))
+    fit = summary["time_to_fit"]
+    line = (
+        f"{summary['run_id']}: {summary['status']}; time to fit "
+        f"{fit if fit is not None else 'not reached'}; test accuracy "
+        f"{summary['test_accuracy']}; outputs in {out}"
+    )
+    print(line)
+    return 0, line
+
+
+def _batch(source: str, threads: int | None, progress: bool | None) -> int:
+    """Every run of the batch file ``source`` in turn, each into its own log; one line
+    per run on standard output. 0 when all succeed (then the ``done`` marker is written),
+    1 when any failed, 128 + signal number (and no further run) when a signal stopped one."""
+    try:
+        stdin = _stdin_bytes("--batch -", "batch file") if source == "-" else None
+        batch = read_batch(source, stdin)
+    except ValueError as error:
+        return _refuse(str(error))
+    if threads is not None:
+        torch.set_num_threads(threads)
+    failed = 0
+    for index, batch_run in enumerate(batch.runs):
+        code, line = _batch_member(batch_run, progress)
+        if code != 0:
+            line = f"runs[{index}] {batch_run.out}: {line}"
+        print(line, flush=True)
+        if code > 128:
+            return code
+        failed += code != 0
+    if failed:
+        return 1
+    if batch.done is not None:
+        try:
+            write_json(batch.done, {"runs": [r.out for r in batch.runs]})
+        except OSError as error:
+            _error(f"cannot write {batch.done}: {error.strerror or error}")
+            return 1
+    return 0
+
+
+def _batch_member(batch_run: BatchRun, progress: bool | None) -> tuple[int, str]:
+    """One run of a batch, as ``protolib train --config - --out OUT > LOG 2>&1`` would
+    run it; any failure is its exit status and line, never an exception."""
+    try:
+        with output_to(batch_run.log), fresh_state():
+            try:
+                return _train(lambda: batch_run.config, batch_run.out, progress)
+            except Exception as error:  # what would end a process alone, ends only this run
+                traceback.print_exc()
+                return 1, _error(f"{type(error).__name__}: {one_line(error)}", show=False)
+    except OSError as error:
+        return 1, _error(f"cannot write the log {batch_run.log}: {error.strerror or error}")
+
+
+def _stdin_bytes(flag: str, what: str) -> bytes:
+    """Standard input, as bytes; :class:`ValueError` naming ``flag`` when it is closed."""
+    if sys.stdin is None:
+        raise ValueError(f"{flag} reads the {what} from standard input, which is closed")
+    raw: Any = getattr(sys.stdin, "buffer", sys.stdin).read()  # bytes; text if replaced
+    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
+
+
+def _error(message: str, *, show: bool = True) -> str:
+    """The one-line error for ``message``, printed on standard error when ``show``."""
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    line = f"{PREFIX}: error: {first}"
+    if show:
+        print(line, file=sys.stderr)
+    return line
+
+
+def _refuse(message: str) -> int:
+    _error(message)
+    return 2
