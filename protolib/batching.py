@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from protolib import resources
-from protolib.results.manifest import SUMMARY, run_damage
+from protolib.results.contract import CONFIG, SUMMARY
+from protolib.results.manifest import run_damage
 from protolib.train.config import RunConfig
 
 #: the default ``batch_seconds``: estimated training seconds of one train job (15 min)
@@ -105,7 +106,7 @@ def stale_reason(run_dir: str, config: Mapping[str, Any]) -> str | None:
     why = run_damage(run_dir)
     if why is not None or not os.path.exists(os.path.join(run_dir, SUMMARY)):
         return why
-    path = os.path.join(run_dir, "config.json")
+    path = os.path.join(run_dir, CONFIG)
     try:
         with open(path, "rb") as handle:
             trained = json.loads(handle.read())

@@ -1,8 +1,10 @@
 """Atomic file writes: every output goes to a temporary name in the same folder and is
-renamed into place, so a killed job never leaves a half-written file."""
+renamed into place, so a killed job never leaves a half-written file; :func:`write_error`
+says in one line why an output could not be written."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -61,3 +63,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_error(error: OSError, out: str | Path, what: str) -> str:
+    """One line for ``what`` (``"the report"``) at ``out`` that could not be written; a
+    full disk says so, and that re-running the same command resumes."""
+    reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    if error.errno == errno.ENOSPC:
+        return (
+            f"no space left on {out} ({reason}); free some space, then re-run the same "
+            "command to resume"
+        )
+    where = f" ({error.filename})" if error.filename else ""
+    return f"cannot write {what} {out}{where}: {reason}"

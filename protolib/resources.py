@@ -21,27 +21,18 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from protolib.registry import DATASETS, MODELS, Registry
 from protolib.train.config import RunConfig
 
-# Training seconds per sample (one view, forward and backward) on one GPU, and on one CPU
-# core, on the slow side: the margin covers slower devices and shared nodes (CPU: a CIFAR
-# ResNet-18 trains at about 32 images/s on one core of a 2-core VM, benchmarks/README.md).
-# Evaluation passes cost a third of this per sample.
-GPU_SECONDS_PER_SAMPLE = {
-    "mlp": 2e-5,
-    "cnn_small": 5e-5,
-    "resnet18_cifar": 2e-4,
-    "preact_resnet18_cifar": 2e-4,
-}
-CPU_SECONDS_PER_SAMPLE = {
-    "mlp": 2e-5,
-    "cnn_small": 5e-4,
-    "resnet18_cifar": 4e-2,
-    "preact_resnet18_cifar": 4e-2,
-}
-OTHER_SECONDS_PER_SAMPLE = {"gpu": 1e-3, "cpu": 1e-1}  # timm and plugin models
-# Training plus test images (the largest a variant can have: imbalance only removes some).
-DATASET_SIZES = {"digits": 1797, "cifar10": 60000, "cifar100": 60000}
+# Costs and sizes are facts of the registry entries (Registry.register): a model declares
+# ``gpu_seconds_per_sample`` and ``cpu_seconds_per_sample`` (training, one view, forward
+# and backward, on one GPU / one CPU core; protolib/models/backbones.py), a dataset its
+# ``size`` (training plus test images: the largest a variant can have, imbalance only
+# removes some; protolib/data/). Evaluation passes cost a third of training per sample.
+# An entry without these facts (a plugin, a ``timm:`` model) gets these conservative
+# defaults, on the slow side:
+OTHER_SECONDS_PER_SAMPLE = {"gpu": 1e-3, "cpu": 1e-1}
+OTHER_DATASET_SIZE = 60000
 START_UP_SECONDS = 120  # interpreter, imports, data loading, the final probe
 SAFETY = 2.0
 ENV_PREFIX = "PROTOLIB_SLURM_"
@@ -57,12 +48,24 @@ def _env(name: str) -> str:
     return os.environ.get(ENV_PREFIX + name, "")
 
 
+def _fact(registry: Registry[Any], name: str, key: str, default: Any, **kw: Any) -> Any:
+    """The fact ``key`` of entry ``name`` (checked by the registry's rules), or ``default``
+    when the entry is not registered in this process or does not declare it."""
+    if not isinstance(name, str) or name not in registry:
+        return default
+    return registry.fact(name, key, default, **kw)
+
+
 def _dataset_size(run: Mapping[str, Any]) -> int:
-    name = _get(run, "dataset")
-    if name == "synthetic":
-        options = _get(run, "dataset_options") or {}
-        return int(options.get("train_size", 1000)) + int(options.get("test_size", 200))
-    return DATASET_SIZES.get(name, 60000)
+    """Training plus test images of the run's dataset (its ``size`` fact)."""
+    options = _get(run, "dataset_options") or {}
+    return _fact(DATASETS, _get(run, "dataset"), "size", OTHER_DATASET_SIZE, options=options)
+
+
+def _seconds_per_sample(run: Mapping[str, Any], device: str) -> float:
+    """The run's model's training cost per sample on ``device`` (``gpu`` or ``cpu``)."""
+    key = f"{device}_seconds_per_sample"
+    return _fact(MODELS, _get(run, "model"), key, OTHER_SECONDS_PER_SAMPLE[device])
 
 
 def gpus(run: Mapping[str, Any]) -> int:
@@ -85,10 +88,8 @@ def training_seconds(run: Mapping[str, Any]) -> float:
         if epochs is None
         else math.ceil(float(epochs) * math.ceil(size / batch))
     )
-    model = _get(run, "model")
     device = "gpu" if gpus(run) else "cpu"
-    table = GPU_SECONDS_PER_SAMPLE if device == "gpu" else CPU_SECONDS_PER_SAMPLE
-    cost = table.get(model, OTHER_SECONDS_PER_SAMPLE[device])
+    cost = _seconds_per_sample(run, device)
     training = iterations * batch * int(_get(run, "views")) * cost
     evaluations = iterations // int(_get(run, "eval_every")) + 1
     evaluating = evaluations * size * cost / 3

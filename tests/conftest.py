@@ -1,6 +1,10 @@
-"""Test-session set-up shared by every test module."""
+"""Test-session set-up shared by every test module, and the tiny-run factory."""
 
+import copy
 import os
+from types import SimpleNamespace
+
+import pytest
 
 # `make test` runs the suite on one pytest-xdist worker per core: one intra-op thread per
 # worker (and for the processes the tests start), or the workers' thread pools fight over
@@ -8,3 +12,46 @@ import os
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+# -- the tiny runs the suite trains ------------------------------------------------------
+# One factory for every tiny run and pipeline grid: digits, an MLP, a few iterations. A
+# test passes only what matters to it (more iterations to be caught mid-run, a wider MLP
+# for a prototype geometry, …).
+
+TINY_RUN = {
+    "dataset": "digits",
+    "model": "mlp",
+    "model_options": {"widths": [16], "out_dim": 8},
+    "iterations": 4,
+    "eval_every": 2,
+    "batch_size": 32,
+    "probe_iterations": 0,
+}
+
+
+def tiny_run(**overrides) -> dict:
+    """A run config of a second or less: :data:`TINY_RUN` with ``overrides``."""
+    return {**copy.deepcopy(TINY_RUN), **copy.deepcopy(overrides)}
+
+
+def tiny_grid(
+    losses: dict | None = None,
+    grid: dict | None = None,
+    *,
+    experiment: str = "tiny",
+    base: dict | None = None,
+    **config,
+) -> dict:
+    """A pipeline config with one experiment of tiny runs: ``base`` over :data:`TINY_RUN`,
+    ``losses`` (default: ce), ``grid`` (default: none), and top-level ``config`` keys."""
+    spec = {"base": tiny_run(**(base or {})), "losses": losses or {"ce": {"loss": "ce"}}}
+    if grid:
+        spec["grid"] = copy.deepcopy(grid)
+    return {**copy.deepcopy(config), "experiments": {experiment: spec}}
+
+
+@pytest.fixture
+def tiny():
+    """The factories: ``tiny.run(**overrides)`` and ``tiny.grid(losses, grid, ...)``."""
+    return SimpleNamespace(run=tiny_run, grid=tiny_grid)

@@ -237,14 +237,26 @@ def test_protolib_commands_run_as_written(tmp_path, command):
     (tmp_path / ".venv").symlink_to(VENV)
     if "--config run.json" in command:  # "a JSON object of the keys below"
         (tmp_path / "run.json").write_text(json.dumps({"iterations": 50, "eval_every": 25}))
+    if "--batch runs.json" in command:  # two tiny runs, as the README describes the file
+        tiny = {"iterations": 20, "eval_every": 10, "probe_iterations": 0}
+        runs = [
+            {"config": {**tiny, "seed": s}, "out": f"b/{s}", "log": f"b/{s}.log"} for s in (0, 1)
+        ]
+        (tmp_path / "runs.json").write_text(json.dumps({"runs": runs, "done": "b/done.json"}))
     result = _shell(command, tmp_path)
     _ok(result, command)
     if " bounds " in command:  # the README shows the output: it must be the output
         assert result.stdout.splitlines() == readme_output(command)
-    if " train " in command:
+    if " train " in command and "--out" in command:
         out = Path(tmp_path, shlex.split(command)[shlex.split(command).index("--out") + 1])
         summary = json.loads((out / "summary.json").read_text())
         assert summary["status"] == "completed"
+    if "--batch runs.json" in command:
+        for seed in (0, 1):
+            summary = json.loads((tmp_path / "b" / str(seed) / "summary.json").read_text())
+            assert (summary["status"], summary["seed"]) == ("completed", seed)
+            assert summary["run_id"] in (tmp_path / "b" / f"{seed}.log").read_text()
+        assert json.loads((tmp_path / "b" / "done.json").read_text()) == {"runs": ["b/0", "b/1"]}
 
 
 @pytest.mark.parametrize("command", _commands("results"))

@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from protolib import GEOMETRIES, LOSSES
-from protolib.registry import Registry, RegistryError, load_plugins
+from protolib import DATASETS, GEOMETRIES, LOSSES, MODELS
+from protolib.registry import METRICS, Registry, RegistryError, load_plugins
 
 
 def test_register_create_names():
@@ -194,3 +194,103 @@ def test_plugin_module_raising_anything_is_an_import_error(tmp_path, monkeypatch
     assert message.startswith("plugin module 'raising_plugin_mod' could not be imported: ")
     assert error in message and "\n" not in message, message
     assert "raising_plugin_mod" not in sys.modules
+
+
+def test_facts_are_kept_read_only_and_resolved_against_the_options():
+    reg = Registry("dataset")
+
+    @reg.register("noise", size=lambda o: o["n"] + o["extra"], classes=2)
+    def noise(*, n=100, extra=5):
+        return n
+
+    reg.register("plain", lambda: None)
+    facts = reg.facts("noise")
+    assert set(facts) == {"size", "classes"} and facts["classes"] == 2
+    with pytest.raises(TypeError):
+        facts["classes"] = 3  # read-only
+    assert reg.facts("plain") == {}
+    # a callable fact sees the options over the factory's defaults
+    assert reg.fact("noise", "size") == 105
+    assert reg.fact("noise", "size", options={"n": 7}) == 12
+    assert reg.fact("noise", "classes") == 2
+    # undeclared: the caller's default
+    assert reg.fact("plain", "size", 60000) == 60000 and reg.fact("noise", "other") is None
+    with pytest.raises(RegistryError, match="unknown dataset 'nois'"):
+        reg.facts("nois")
+    reg.unregister("noise")
+    reg.register("noise", lambda: None)  # the name is free again, with no facts
+    assert reg.facts("noise") == {}
+
+
+def test_registering_a_taken_name_with_other_facts_is_an_error():
+    reg = Registry("model")
+
+    def make():
+        return None
+
+    reg.register("m", make, cost=1.0)
+    reg.register("m", make, cost=1.0)  # the same entry again: a no-op
+    with pytest.raises(RegistryError, match="'m' is already registered"):
+        reg.register("m", make, cost=2.0)
+    assert reg.facts("m") == {"cost": 1.0}
+
+
+def test_entries_come_in_registration_order():
+    reg = Registry("metric")
+    for name in ("zeta", "alpha", "mid"):
+        reg.register(name, lambda: None)
+    assert [name for name, _ in reg.entries()] == ["zeta", "alpha", "mid"]
+    assert reg.names() == ["alpha", "mid", "zeta"]
+
+
+def test_builtin_entries_declare_the_facts_resources_read():
+    """Each built-in dataset declares its size, class count and image shape, each built-in
+    model its costs per sample (a plugin may omit them: resources.py has the defaults)."""
+    for name in ("digits", "cifar10", "cifar100", "synthetic"):
+        assert {"size", "num_classes", "image_shape"} <= set(DATASETS.facts(name)), name
+    for name in ("mlp", "cnn_small", "resnet18_cifar", "preact_resnet18_cifar"):
+        assert {"gpu_seconds_per_sample", "cpu_seconds_per_sample"} <= set(MODELS.facts(name))
+    assert [name for name, _ in METRICS.entries()][:3] == ["delta_g", "gamma", "neural_collapse"]
+
+
+@pytest.mark.parametrize(
+    ("registry", "facts", "message"),
+    [
+        (MODELS, {"gpu_seconds_per_sample": "fast"}, "fact gpu_seconds_per_sample='fast'"),
+        (MODELS, {"cpu_seconds_per_sample": 0}, "allowed: a positive finite number of seconds"),
+        (MODELS, {"cpu_seconds_per_sample": float("inf")}, "cpu_seconds_per_sample=inf"),
+        (DATASETS, {"size": 1797.5}, "fact size=1797.5 is not allowed; allowed: a positive whole"),
+        (DATASETS, {"size": True}, "fact size=True is not allowed"),
+        (DATASETS, {"image_shape": (1, 8)}, "allowed: (C, H, W), three positive whole numbers"),
+        (DATASETS, {"num_classes": -2}, "fact num_classes=-2 is not allowed"),
+    ],
+)
+def test_a_fact_that_breaks_its_rule_is_refused_at_registration(registry, facts, message):
+    with pytest.raises(RegistryError) as caught:
+        registry.register("fact_breaker", lambda: None, **facts)
+    assert message in str(caught.value) and "fact_breaker" in str(caught.value)
+    assert "fact_breaker" not in registry
+
+
+def test_a_fact_of_the_options_is_checked_when_resolved():
+    reg = Registry("dataset", fact_checks={"size": DATASETS.fact_checks["size"]})
+    reg.register("gauss", lambda *, n=10: None, size=lambda o: o["n"] - 10)
+    assert reg.fact("gauss", "size", options={"n": 15}) == 5
+    with pytest.raises(RegistryError, match=r"^dataset 'gauss': fact size=0 is not allowed"):
+        reg.fact("gauss", "size")
+
+
+def test_a_plugin_with_a_bad_fact_fails_to_import_in_one_line(tmp_path, monkeypatch):
+    (tmp_path / "bad_fact_plugin.py").write_text(
+        "from protolib.registry import MODELS\n"
+        "MODELS.register('slow_net', lambda *, in_shape: None, gpu_seconds_per_sample=-1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError) as caught:
+        load_plugins(["bad_fact_plugin"])
+    assert str(caught.value) == (
+        "plugin module 'bad_fact_plugin' could not be imported: RegistryError: model "
+        "'slow_net': fact gpu_seconds_per_sample=-1 is not allowed; allowed: a positive "
+        "finite number of seconds"
+    )
+    assert "slow_net" not in MODELS

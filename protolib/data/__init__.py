@@ -7,33 +7,23 @@ The names below load their module on first use, so importing one of them (or
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from protolib._lazy import lazy_exports
 
 #: exported name → the module that defines it
 _EXPORTS = {
     "Augment": "protolib.data.loader",
-    "DatasetSplits": "protolib.data.datasets",
+    "DatasetSplits": "protolib.data.splits",
     "DeviceLoader": "protolib.data.loader",
-    "Split": "protolib.data.datasets",
+    "Split": "protolib.data.splits",
     "augment_batch": "protolib.data.loader",
     "check_imbalance": "protolib.data.transforms",
     "corrupt_labels": "protolib.data.transforms",
     "largest_valid_ratio": "protolib.data.transforms",
     "load_dataset": "protolib.data.datasets",
+    "make_splits": "protolib.data.splits",
     "step_imbalance": "protolib.data.transforms",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

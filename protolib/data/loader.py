@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SAMPLINGS: tuple[str, ...] = ("epoch", "replacement")
+from protolib.choices import SAMPLINGS
+
 _STATE_VERSION = 1
 
 
@@ -113,20 +114,8 @@ class DeviceLoader:
         seed: int = 0,
         drop_last: bool = True,
     ) -> None:
-        if not isinstance(images, Tensor) or images.ndim != 4:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images)
-            raise ValueError(f"images must be a tensor of shape (N, C, H, W), got {shape}")
-        if images.dtype != torch.uint8 and not images.is_floating_point():
-            raise ValueError(f"images must be uint8 (0..255) or float (0..1), got {images.dtype}")
+        labels = _checked_labels(images, labels)
         n, channels = images.shape[0], images.shape[1]
-        if n == 0:
-            raise ValueError("images must hold at least one sample, got N = 0")
-        labels = torch.as_tensor(labels)
-        if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise ValueError(
-                f"labels must be an integer tensor of shape ({n},), "
-                f"got {labels.dtype} {tuple(labels.shape)}"
-            )
         if sampling not in SAMPLINGS:
             raise ValueError(f"unknown sampling {sampling!r}; known: {', '.join(SAMPLINGS)}")
         _check_int("batch_size", batch_size, 1)
@@ -288,3 +277,23 @@ class DeviceLoader:
         self._perm = state["permutation"].to(self.device) if state["has_permutation"] else None
         self._position = int(state["position"])
         self._step = int(state["step"])
+
+
+def _checked_labels(images: Tensor, labels: Tensor) -> Tensor:
+    """``labels`` as a tensor, after checking ``images`` (N, C, H, W; uint8 or float, N > 0)
+    and that ``labels`` are N integers; ``ValueError`` naming what is wrong."""
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images)
+        raise ValueError(f"images must be a tensor of shape (N, C, H, W), got {shape}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise ValueError(f"images must be uint8 (0..255) or float (0..1), got {images.dtype}")
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("images must hold at least one sample, got N = 0")
+    labels = torch.as_tensor(labels)
+    if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be an integer tensor of shape ({n},), "
+            f"got {labels.dtype} {tuple(labels.shape)}"
+        )
+    return labels

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-CORRUPTION_MODES: tuple[str, ...] = ("other", "uniform")
+from protolib.choices import CORRUPTION_MODES
 
 # Counts ⌊x⌋ are taken as ⌊x + _EPS⌋ so that a float product such as 0.29·100 =
 # 28.999999999999996 counts as the 29 it stands for.

@@ -1,4 +1,5 @@
-"""Prototype geometries (MATH.md §2) and geometry metrics (MATH.md §3).
+"""Prototype geometries (MATH.md §2), geometry metrics (MATH.md §3) and the registered
+evaluation metrics built on them (``protolib.geometry.panel``, the ``METRICS`` built-ins).
 
 The names below load their module on first use: the ``GEOMETRIES`` registry imports
 ``protolib.geometry.prototypes`` alone, without the metrics.
@@ -6,8 +7,7 @@ The names below load their module on first use: the ``GEOMETRIES`` registry impo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from protolib._lazy import lazy_exports
 
 _METRICS = "protolib.geometry.metrics"
 _PROTOTYPES = "protolib.geometry.prototypes"
@@ -15,6 +15,7 @@ _PROTOTYPES = "protolib.geometry.prototypes"
 #: exported name → the module that defines it
 _EXPORTS = {
     "GeometryError": _PROTOTYPES,
+    "MetricContext": "protolib.geometry.panel",
     "angular_similarity": _METRICS,
     "class_mean_gram": _METRICS,
     "class_means": _METRICS,
@@ -28,21 +29,10 @@ _EXPORTS = {
     "neural_collapse": _METRICS,
     "pairwise_angular_similarity": _METRICS,
     "simplex_gamma": "protolib.geometry.simplex",
-    "summarize": _METRICS,
     "target_gram": _PROTOTYPES,
     "validate_gram": _PROTOTYPES,
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

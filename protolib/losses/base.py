@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 Reduction = Literal["mean", "sum"]
-REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+#: the heads a loss can ask for (``LossNeeds.head``; built by :mod:`protolib.models.heads`)
+HeadKind = Literal["none", "linear", "fixed_linear"]
+HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
 
 #: Largest allowed deviation of a row norm from 1 for "unit" inputs, by input precision.
 UNIT_NORM_TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -32,7 +36,7 @@ class LossNeeds:
       expands ``n_w`` only for such losses) or ``"yes"`` (always; built from a geometry).
     """
 
-    head: Literal["none", "linear", "fixed_linear"] = "none"
+    head: HeadKind = "none"
     normalized: bool = False
     prototypes: Literal["no", "optional", "yes"] = "no"
 
@@ -65,6 +69,17 @@ class Loss(nn.Module):
         return self.prototypes
 
 
+class TemperatureLoss(Loss):
+    """Base of the loss modules with a temperature ``tau`` and a ``reduction``; each
+    subclass checks its options (``check_tau``, ``check_reduction``, …) before calling
+    this ``__init__``, which only stores them."""
+
+    def __init__(self, *, tau: float, reduction: Reduction, prototypes: Tensor | None) -> None:
+        super().__init__(prototypes=prototypes)
+        self.tau = float(tau)
+        self.reduction = reduction
+
+
 def check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise LossInputError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
@@ -73,6 +88,17 @@ def check_reduction(reduction: str) -> None:
 def check_tau(tau: float) -> None:
     if not isinstance(tau, int | float) or isinstance(tau, bool) or not tau > 0:
         raise LossInputError(f"temperature tau must be a positive number, got {tau!r}")
+
+
+def check_n_w(n_w: int) -> int:
+    """``n_w`` must be a non-negative integer."""
+    try:
+        value = operator.index(n_w)
+    except TypeError:
+        raise LossInputError(f"n_w must be a non-negative integer, got {n_w!r}") from None
+    if value < 0:
+        raise LossInputError(f"n_w must be a non-negative integer, got {n_w!r}")
+    return value
 
 
 def check_labels(labels: Tensor, n: int) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from protolib.losses.base import (
-    Loss,
     LossNeeds,
     Reduction,
+    TemperatureLoss,
     check_prototypes,
     check_reduction,
     check_tau,
@@ -68,6 +70,7 @@ def supcon_limit_loss(
     prototypes: Tensor,
     tau: float = 0.1,
     reduction: Reduction = "mean",
+    exact: bool = True,
 ) -> dict[str, Tensor]:
     """The exact ``n_w → ∞`` limit of SupCon with prototypes, additive constants dropped
     (MATH.md §1.5)::
@@ -81,30 +84,26 @@ def supcon_limit_loss(
         prototypes: ``(K, d)`` unit rows; no gradient flows into them.
         tau: temperature.
         reduction: ``"mean"`` over members or ``"sum"`` (the limit as stated).
+        exact: ``False`` drops the prototype-anchor term (:func:`supcon_limit_paper_loss`).
 
     Returns:
-        ``{"loss", "ce", "align", "prototype_anchors"}`` (the three terms, detached).
+        ``{"loss", "ce", "align", "prototype_anchors"}`` (the three terms, detached;
+        without ``prototype_anchors`` when not ``exact``).
     """
-    return _limit_loss(features, labels, prototypes, tau, reduction, exact=True, checked=True)
+    return _limit_loss(features, labels, prototypes, tau, reduction, exact=exact, checked=True)
 
 
-def supcon_limit_paper_loss(
-    features: Tensor,
-    labels: Tensor,
-    *,
-    prototypes: Tensor,
-    tau: float = 0.1,
-    reduction: Reduction = "mean",
-) -> dict[str, Tensor]:
+def supcon_limit_paper_loss(features: Tensor, labels: Tensor, **options: Any) -> dict[str, Tensor]:
     """The limit as the prototype study's Proposition 1 states it: CE with the fixed
     classifier ``W/τ`` on normalised embeddings plus the alignment ``−<h_i,w_{y_i}>/τ``,
     without the prototype-anchor term of :func:`supcon_limit_loss` (MATH.md §1.5).
 
-    Returns ``{"loss", "ce", "align"}``."""
-    return _limit_loss(features, labels, prototypes, tau, reduction, exact=False, checked=True)
+    Options (``prototypes``, ``tau``, ``reduction``) as :func:`supcon_limit_loss`; returns
+    ``{"loss", "ce", "align"}``."""
+    return supcon_limit_loss(features, labels, exact=False, **options)
 
 
-class _LimitModule(Loss):
+class _LimitModule(TemperatureLoss):
     needs = LossNeeds(head="none", normalized=True, prototypes="yes")
     exact = True
 
@@ -114,9 +113,7 @@ class _LimitModule(Loss):
         check_tau(tau)
         check_reduction(reduction)
         check_unit_rows(torch.as_tensor(prototypes), "prototypes")
-        super().__init__(prototypes=prototypes)
-        self.tau = float(tau)
-        self.reduction = reduction
+        super().__init__(tau=tau, reduction=reduction, prototypes=prototypes)
 
     def forward(
         self, features: Tensor, labels: Tensor, *, logits: Tensor | None = None

@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
-import operator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from protolib.losses.base import (
-    Loss,
     LossInputError,
     LossNeeds,
     Reduction,
+    TemperatureLoss,
+    check_n_w,
     check_prototypes,
     check_reduction,
     check_tau,
@@ -24,24 +25,12 @@ from protolib.losses.multiset import multiset_contrastive, reduce_anchors
 from protolib.registry import LOSSES
 
 
-def check_n_w(n_w: int) -> int:
-    """``n_w`` must be a non-negative integer."""
-    try:
-        value = operator.index(n_w)
-    except TypeError:
-        raise LossInputError(f"n_w must be a non-negative integer, got {n_w!r}") from None
-    if value < 0:
-        raise LossInputError(f"n_w must be a non-negative integer, got {n_w!r}")
-    return value
-
-
 def _contrastive(
     members: Tensor,
     labels: Tensor,
-    *,
-    tau: float,
     prototypes: Tensor | None,
     n_w: int,
+    tau: float,
     reduction: str,
     class_average: bool,
 ) -> dict[str, Tensor]:
@@ -61,38 +50,6 @@ def _contrastive(
     return reduce_anchors(loss, weight, reduction, groups)
 
 
-def _checked(
-    features: Tensor,
-    labels: Tensor,
-    *,
-    tau: float,
-    prototypes: Tensor | None,
-    n_w: int,
-    reduction: str,
-    class_average: bool,
-) -> dict[str, Tensor]:
-    check_tau(tau)
-    check_reduction(reduction)
-    n_w = check_n_w(n_w)
-    members, member_labels = flatten_views(features, labels)
-    check_unit_rows(members, "features", dtype=features.dtype)
-    if n_w > 0:
-        if prototypes is None:
-            raise LossInputError(
-                f"n_w={n_w} needs prototypes (K, d); pass prototypes= or set n_w=0"
-            )
-        check_prototypes(prototypes, members.shape[1], member_labels)
-    return _contrastive(
-        members,
-        member_labels,
-        tau=tau,
-        prototypes=prototypes,
-        n_w=n_w,
-        reduction=reduction,
-        class_average=class_average,
-    )
-
-
 def supcon_loss(
     features: Tensor,
     labels: Tensor,
@@ -101,6 +58,7 @@ def supcon_loss(
     prototypes: Tensor | None = None,
     n_w: int = 0,
     reduction: Reduction = "mean",
+    class_average: bool = False,
 ) -> dict[str, Tensor]:
     """Supervised contrastive loss (MATH.md §1.3), with ``n_w`` copies of each fixed
     prototype added to the batch (§1.4).
@@ -117,47 +75,36 @@ def supcon_loss(
         n_w: copies of each prototype in the batch; the cost does not grow with it.
         reduction: ``"mean"`` over anchors with at least one positive (prototype copies
             count as ``n_w`` anchors each) or ``"sum"``.
+        class_average: the class-averaged denominator of BCL (§1.6); :func:`bcl_loss`.
 
     Returns:
         ``{"loss", "sample_anchors", "prototype_anchors"}``: the loss and the detached
         shares of sample anchors and prototype anchors (they add up to the loss). A batch
         in which no anchor has a positive has loss 0 (and zero gradient).
     """
-    return _checked(
-        features,
-        labels,
-        tau=tau,
-        prototypes=prototypes,
-        n_w=n_w,
-        reduction=reduction,
-        class_average=False,
-    )
+    check_tau(tau)
+    check_reduction(reduction)
+    n_w = check_n_w(n_w)
+    members, member_labels = flatten_views(features, labels)
+    check_unit_rows(members, "features", dtype=features.dtype)
+    if n_w > 0:
+        if prototypes is None:
+            raise LossInputError(
+                f"n_w={n_w} needs prototypes (K, d); pass prototypes= or set n_w=0"
+            )
+        check_prototypes(prototypes, members.shape[1], member_labels)
+    return _contrastive(members, member_labels, prototypes, n_w, tau, reduction, class_average)
 
 
-def bcl_loss(
-    features: Tensor,
-    labels: Tensor,
-    *,
-    tau: float = 0.1,
-    prototypes: Tensor | None = None,
-    n_w: int = 0,
-    reduction: Reduction = "mean",
-) -> dict[str, Tensor]:
+def bcl_loss(features: Tensor, labels: Tensor, **options: Any) -> dict[str, Tensor]:
     """Balanced contrastive loss, class-averaged (MATH.md §1.6): SupCon whose denominator
     averages ``exp(s_ik)`` within each class of the other members before summing over
-    classes. Arguments, prototypes and return value as :func:`supcon_loss`."""
-    return _checked(
-        features,
-        labels,
-        tau=tau,
-        prototypes=prototypes,
-        n_w=n_w,
-        reduction=reduction,
-        class_average=True,
-    )
+    classes. Options (``tau``, ``prototypes``, ``n_w``, ``reduction``) and return value as
+    :func:`supcon_loss`."""
+    return supcon_loss(features, labels, class_average=True, **options)
 
 
-class _ContrastiveModule(Loss):
+class _ContrastiveModule(TemperatureLoss):
     needs = LossNeeds(head="none", normalized=True, prototypes="optional")
     class_average = False
 
@@ -179,9 +126,7 @@ class _ContrastiveModule(Loss):
                     "pass prototypes= or set n_w=0"
                 )
             check_unit_rows(torch.as_tensor(prototypes), "prototypes")
-        super().__init__(prototypes=prototypes)
-        self.tau = float(tau)
-        self.reduction = reduction
+        super().__init__(tau=tau, reduction=reduction, prototypes=prototypes)
 
     def forward(
         self, features: Tensor, labels: Tensor, *, logits: Tensor | None = None
@@ -190,11 +135,11 @@ class _ContrastiveModule(Loss):
         return _contrastive(
             F.normalize(members, dim=-1),
             member_labels,
-            tau=self.tau,
-            prototypes=self.prototypes,
-            n_w=self.n_w,
-            reduction=self.reduction,
-            class_average=self.class_average,
+            self.prototypes,
+            self.n_w,
+            self.tau,
+            self.reduction,
+            self.class_average,
         )
 
     def extra_repr(self) -> str:

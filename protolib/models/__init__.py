@@ -11,8 +11,7 @@ The names below load their module on first use: the ``MODELS`` registry imports
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from protolib._lazy import lazy_exports
 
 _HEADS = "protolib.models.heads"
 
@@ -28,14 +27,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,6 +5,12 @@ options and returns an ``nn.Module`` with an integer attribute ``out_dim``. Regi
 names: ``mlp``, ``cnn_small``, ``resnet18_cifar``, ``preact_resnet18_cifar``;
 :func:`build_backbone` also accepts ``timm:<name>`` for any timm model (random weights).
 
+Each registered model declares its training cost per sample and view (forward and
+backward), on the slow side, as the facts ``gpu_seconds_per_sample`` (one GPU) and
+``cpu_seconds_per_sample`` (one CPU core), which :mod:`protolib.resources` turns into a
+job's time limit; the margin covers slower devices and shared nodes (a CIFAR ResNet-18
+trains at about 32 images/s on one core of a 2-core VM, ``benchmarks/README.md``).
+
 The two ResNet-18s use the CIFAR stem of MATH.md §7 (3×3 convolution, stride 1, no
 max-pool) and end in a global average pool with no projection and no classifier.
 """
@@ -20,6 +26,10 @@ from torch import Tensor, nn
 from protolib.registry import MODELS, RegistryError
 
 TIMM_PREFIX = "timm:"
+
+#: training seconds per sample of a CIFAR ResNet-18 on one GPU and on one CPU core
+RESNET18_GPU_COST = 2e-4
+RESNET18_CPU_COST = 4e-2
 
 InShape = tuple[int, int, int]
 
@@ -90,7 +100,7 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-@MODELS.register("mlp")
+@MODELS.register("mlp", gpu_seconds_per_sample=2e-5, cpu_seconds_per_sample=2e-5)
 def mlp(*, in_shape: Sequence[int], widths: Sequence[int] = (512, 512), out_dim: int = 128) -> MLP:
     """A multilayer perceptron on the flattened image (the default for 1×8×8 digits)."""
     shape = check_in_shape(in_shape)
@@ -128,7 +138,7 @@ class SmallCNN(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
-@MODELS.register("cnn_small")
+@MODELS.register("cnn_small", gpu_seconds_per_sample=5e-5, cpu_seconds_per_sample=5e-4)
 def cnn_small(
     *, in_shape: Sequence[int], channels: Sequence[int] = (32, 64), out_dim: int = 128
 ) -> SmallCNN:
@@ -247,7 +257,11 @@ class CifarResNet(nn.Module):
         return self.pool(x).flatten(1)
 
 
-@MODELS.register("resnet18_cifar")
+@MODELS.register(
+    "resnet18_cifar",
+    gpu_seconds_per_sample=RESNET18_GPU_COST,
+    cpu_seconds_per_sample=RESNET18_CPU_COST,
+)
 def resnet18_cifar(*, in_shape: Sequence[int], zero_init_residual: bool = False) -> CifarResNet:
     """ResNet-18 (BasicBlocks [2, 2, 2, 2], widths 64–512) with the CIFAR stem; 512-d
     output after the final ReLU and the average pool (so every coordinate is ≥ 0)."""
@@ -255,7 +269,11 @@ def resnet18_cifar(*, in_shape: Sequence[int], zero_init_residual: bool = False)
     return CifarResNet(shape[0], preact=False, zero_init_residual=zero_init_residual)
 
 
-@MODELS.register("preact_resnet18_cifar")
+@MODELS.register(
+    "preact_resnet18_cifar",
+    gpu_seconds_per_sample=RESNET18_GPU_COST,
+    cpu_seconds_per_sample=RESNET18_CPU_COST,
+)
 def preact_resnet18_cifar(
     *, in_shape: Sequence[int], zero_init_residual: bool = False
 ) -> CifarResNet:

@@ -9,18 +9,14 @@ The head a run needs comes from its loss's :class:`~protolib.losses.base.LossNee
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from protolib.losses.base import LossNeeds
+from protolib.choices import PROJECTOR_KINDS, ProjectorKind
+from protolib.losses.base import HEAD_KINDS, HeadKind, LossNeeds
 from protolib.models.backbones import build_backbone
-
-HeadKind = Literal["none", "linear", "fixed_linear"]
-ProjectorKind = Literal["none", "mlp"]
-HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
-PROJECTOR_KINDS: tuple[str, ...] = get_args(ProjectorKind)
 
 #: Output width of the "mlp" projector unless told otherwise (SupContrast uses 128).
 DEFAULT_PROJECTOR_DIM = 128

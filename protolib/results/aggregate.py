@@ -1,18 +1,16 @@
 """Fan-in: compact many run directories into one experiment's query tables.
 
-``aggregate(run_dirs, out_dir)`` writes, atomically and with explicit versioned schemas:
-
-- ``runs.parquet``: one row per run — the grid keys and the figures of ``summary.json``;
-- ``metrics.parquet``, ``geometry.parquet``, ``gamma.parquet``: the per-run tables
-  concatenated (same schemas as the per-run files, :mod:`protolib.results.schema`).
-
-Rows are ordered by run id (then by the per-run order), so the output is deterministic.
+``aggregate(run_dirs, out_dir)`` writes atomically, with the contract's versioned schemas
+(:mod:`protolib.results.schema`; ``RUNS_SCHEMA``, ``RUN_TABLES`` re-exported here),
+``runs.parquet`` (a row per run: the grid keys and the figures of ``summary.json``) and
+the per-run ``metrics``, ``geometry`` and ``gamma`` tables concatenated, ordered by run
+id (then per-run order): the output is deterministic.
 
 It is built for grids of many small runs (10 000 run directories take a few seconds on
 two cores, ``benchmarks/aggregate_scale.py``): the per-run Parquet files are read by one
-multithreaded DuckDB scan per table, which runs in a background thread (DuckDB releases
-the GIL) while the main thread parses the ``summary.json`` files; the outputs are written
-by pyarrow with the declared schemas, so nullability and metadata are exact.
+multithreaded DuckDB scan per table, in a background thread (DuckDB releases the GIL)
+while the main thread parses the ``summary.json`` files; pyarrow writes the outputs with
+the declared schemas, so nullability and metadata are exact.
 """
 
 from __future__ import annotations
@@ -25,57 +23,30 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+if TYPE_CHECKING:
+    import duckdb
+
 from protolib.io import atomic_path
-from protolib.results.manifest import SUMMARY, ManifestError, check_entry, manifest_of
+from protolib.results.manifest import ManifestError, check_entry, manifest_of
 from protolib.results.schema import (
-    GAMMA_SCHEMA,
-    GEOMETRY_SCHEMA,
-    GRID_FIELDS,
-    METRICS_SCHEMA,
-    _with_metadata,
+    KEY_COLUMNS,
+    MANIFEST_KEY,
+    RUN_TABLES,
+    RUNS,
+    RUNS_SCHEMA,
+    SUMMARY,
+    TABLE_FILES,
+    TABLE_KEY,
+    VERSION_KEY,
+    misfit,
 )
 
-RUNS_SCHEMA = _with_metadata(
-    "runs",
-    [
-        *GRID_FIELDS,
-        pa.field("loss_type", pa.string()),
-        pa.field("dataset", pa.string()),
-        pa.field("model", pa.string()),
-        pa.field("geometry", pa.string()),
-        pa.field("status", pa.string()),
-        pa.field("iterations", pa.int64()),
-        pa.field("epochs", pa.float64()),
-        pa.field("time_to_fit", pa.int64()),
-        pa.field("fitted", pa.bool_()),
-        pa.field("train_error", pa.float64()),
-        pa.field("test_accuracy", pa.float64()),
-        pa.field("mean_classifier_accuracy", pa.float64()),
-        pa.field("probe_accuracy", pa.float64()),
-        pa.field("delta_g", pa.float64()),
-        pa.field("n_train", pa.int64()),
-        pa.field("n_corrupted", pa.int64()),
-        pa.field("wall_seconds", pa.float64()),
-        pa.field("train_seconds", pa.float64()),
-        pa.field("images_per_second", pa.float64()),
-        pa.field("device", pa.string()),
-        pa.field("git_revision", pa.string()),
-    ],
-)
-
-#: per-run file name → schema of the concatenated table
-RUN_TABLES = {
-    "metrics.parquet": METRICS_SCHEMA,
-    "geometry.parquet": GEOMETRY_SCHEMA,
-    "gamma.parquet": GAMMA_SCHEMA,
-}
-
-_TABLE_KEY, _VERSION_KEY = "protolib.table", "protolib.schema_version"
+__all__ = ["RUNS_SCHEMA", "RUN_TABLES", "AggregateError", "aggregate", "concat_table", "runs_table"]
 
 
 class AggregateError(ValueError):
@@ -122,10 +93,10 @@ def _load_summaries(run_dirs: Sequence[str | Path]) -> tuple[list[str], list[dic
 
 def _check_keys(paths: list[str], summaries: list[dict]) -> None:
     """Grid keys present in every summary; (experiment, run_id) unique."""
-    for field in GRID_FIELDS:
+    for column in KEY_COLUMNS:
         for path, summary in zip(paths, summaries, strict=True):
-            if summary.get(field.name) is None:
-                raise AggregateError(f"{path} has no {field.name!r}; every summary needs one")
+            if summary.get(column.name) is None:
+                raise AggregateError(f"{path} has no {column.name!r}; every summary needs one")
     seen: dict[tuple, str] = {}
     for path, summary in zip(paths, summaries, strict=True):
         key = (summary["experiment"], summary["run_id"])
@@ -159,14 +130,23 @@ def _summaries_table(paths: list[str], summaries: list[dict]) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         pass
     for path, summary in zip(paths, summaries, strict=True):  # find the culprit
-        for field in RUNS_SCHEMA:
-            try:
-                pa.array([summary.get(field.name)], type=field.type)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-                raise AggregateError(
-                    f"{path}: {field.name} is {summary.get(field.name)!r}, expected {field.type}"
-                ) from None
+        why = misfit(summary, RUNS_SCHEMA)
+        if why is not None:
+            raise AggregateError(f"{path}: {why}")
     raise AggregateError("the summaries do not fit the runs schema")  # pragma: no cover
+
+
+def _runs(dirs: Sequence[str | Path]) -> tuple[pa.Table, list[dict]]:
+    """The runs table (by run id) and the summaries (in ``dirs``' order), all checked."""
+    paths, summaries = _load_summaries(dirs)
+    _check_keys(paths, summaries)
+    _check_identity(paths, summaries)
+    order = sorted(
+        range(len(summaries)),
+        key=lambda i: (summaries[i]["run_id"], summaries[i]["experiment"]),
+    )
+    table = _summaries_table([paths[i] for i in order], [summaries[i] for i in order])
+    return table, summaries
 
 
 def runs_table(run_dirs: Sequence[str | Path]) -> pa.Table:
@@ -176,14 +156,7 @@ def runs_table(run_dirs: Sequence[str | Path]) -> pa.Table:
     JSON, lacks a grid key or does not fit the schema, or when two runs of one
     experiment share a run id.
     """
-    paths, summaries = _load_summaries(run_dirs)
-    _check_keys(paths, summaries)
-    _check_identity(paths, summaries)
-    order = sorted(
-        range(len(summaries)),
-        key=lambda i: (summaries[i]["run_id"], summaries[i]["experiment"]),
-    )
-    return _summaries_table([paths[i] for i in order], [summaries[i] for i in order])
+    return _runs(run_dirs)[0]
 
 
 # -- metrics / geometry / gamma: the per-run tables --------------------------------------
@@ -203,7 +176,7 @@ def _check_version(path: str, schema: pa.Schema) -> None:
         meta = pq.read_schema(path).metadata or {}
     except (OSError, pa.ArrowException) as error:
         raise AggregateError(f"{path} is not a readable Parquet file: {error}") from None
-    for key in (_TABLE_KEY.encode(), _VERSION_KEY.encode()):
+    for key in (TABLE_KEY.encode(), VERSION_KEY.encode()):
         if meta.get(key) != schema.metadata[key]:
             found = meta[key].decode() if key in meta else None
             raise AggregateError(
@@ -226,6 +199,8 @@ def concat_table(
     (a missing column or an impossible cast raises). ``connection`` reuses an open
     DuckDB connection.
     """
+    import duckdb
+
     files = [str(p) for p in paths]
     _check_exist(files)
     if not files:
@@ -237,6 +212,8 @@ def concat_table(
 
 
 def _concat(files: list[str], schema: pa.Schema, connection: duckdb.DuckDBPyConnection) -> pa.Table:
+    import duckdb
+
     if not files:
         return schema.empty_table()
     _check_version(files[0], schema)
@@ -248,7 +225,7 @@ def _concat(files: list[str], schema: pa.Schema, connection: duckdb.DuckDBPyConn
             params={"files": files},
         ).to_arrow_table()
     except duckdb.Error as error:
-        name = schema.metadata[_TABLE_KEY.encode()].decode()
+        name = schema.metadata[TABLE_KEY.encode()].decode()
         first = str(error).strip().splitlines()[0]
         raise AggregateError(f"cannot concatenate the {name} tables: {first}") from None
     return table.cast(schema)
@@ -317,7 +294,7 @@ def _verify_bytes(
     for folder, (size, digest) in zip(dirs, digests, strict=True):
         path = os.path.join(folder, name)
         try:
-            check_entry(path, summaries[folder]["manifest"][name], size=size, sha256=digest)
+            check_entry(path, summaries[folder][MANIFEST_KEY][name], size=size, sha256=digest)
         except ManifestError as error:
             raise AggregateError(str(error)) from None
 
@@ -362,7 +339,9 @@ def aggregate(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, 
 
 
 def _aggregate(dirs: list[str], out: Path) -> dict[str, Path]:
-    names = ["runs.parquet", *RUN_TABLES]
+    import duckdb
+
+    names = [RUNS, *RUN_TABLES]  # the values of TABLE_FILES
     connection = duckdb.connect()
     cancelled = threading.Event()
     try:
@@ -395,18 +374,9 @@ def _aggregate(dirs: list[str], out: Path) -> dict[str, Path]:
 
                 scans = pool.submit(scan)
                 try:
-                    paths, summaries = _load_summaries(dirs)
-                    _check_keys(paths, summaries)
-                    _check_identity(paths, summaries)
+                    runs, summaries = _runs(dirs)
                     by_dir = dict(zip(dirs, summaries, strict=True))
-                    order = sorted(
-                        range(len(summaries)),
-                        key=lambda i: (summaries[i]["run_id"], summaries[i]["experiment"]),
-                    )
-                    runs = _summaries_table(
-                        [paths[i] for i in order], [summaries[i] for i in order]
-                    )
-                    write("runs.parquet", runs)
+                    write(RUNS, runs)
                     digests = {  # while DuckDB scans: the bytes are in the page cache
                         name: [_file_digest(os.path.join(d, name)) for d in dirs]
                         for name in RUN_TABLES
@@ -427,4 +397,4 @@ def _aggregate(dirs: list[str], out: Path) -> dict[str, Path]:
                     writing.result()
     finally:
         connection.close()
-    return {name.removesuffix(".parquet"): out / name for name in names}
+    return {table: out / name for table, name in TABLE_FILES.items()}

@@ -1,10 +1,11 @@
 """The manifest of a run directory: size and SHA-256 of every declared output.
 
 A finished run's ``summary.json`` (written last) holds ``"manifest": {file name:
-{"size": bytes, "sha256": hex}}`` for every other declared output (:data:`RUN_FILES`).
+{"size": bytes, "sha256": hex}}`` for every other declared output (:data:`RUN_FILES`; the
+names are defined in :mod:`protolib.results.contract` and importable from here).
 It lets the pipeline notice damaged run directories cheaply at plan time
 (:func:`run_damage`: one ``stat`` per file, sizes only) and lets ``aggregate`` verify
-the bytes of the tables it reads (:func:`verify_files`).
+the bytes of the tables it reads (:func:`check_entry`).
 """
 
 from __future__ import annotations
@@ -17,17 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-SUMMARY = "summary.json"
-MANIFEST_KEY = "manifest"
-#: the declared outputs of a run besides summary.json, in the order they are written
-RUN_FILES = (
-    "config.json",
-    "metrics.parquet",
-    "geometry.parquet",
-    "gamma.parquet",
-    "data.parquet",
-    "checkpoint.pt",
-)
+from protolib.results.contract import MANIFEST_KEY, RUN_FILES, SUMMARY
+
 #: where damaged outputs are moved, inside the run directory: ``.corrupt/<timestamp>/``
 QUARANTINE = ".corrupt"
 
@@ -145,3 +137,19 @@ def quarantine(run_dir: str | Path, names: Iterable[str] = (SUMMARY, *RUN_FILES)
     for name in present:
         os.replace(run_dir / name, target / name)
     return target
+
+
+__all__ = [
+    "MANIFEST_KEY",
+    "QUARANTINE",
+    "RUN_FILES",
+    "SUMMARY",
+    "ManifestError",
+    "build_manifest",
+    "check_entry",
+    "damaged_runs",
+    "file_entry",
+    "manifest_of",
+    "quarantine",
+    "run_damage",
+]

@@ -5,7 +5,7 @@
 <table>.parquet`` files of all experiments (every table has an ``experiment`` column), or
 of one when ``experiment`` is given. The views read the files when queried; a table that
 no experiment has yet is an empty view with the declared columns
-(:mod:`protolib.results.schema`, :data:`~protolib.results.aggregate.RUNS_SCHEMA`), so a
+(:data:`protolib.results.schema.SCHEMAS`), so a
 query never fails for that reason::
 
     from protolib.results.query import load_runs, query
@@ -25,23 +25,17 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from protolib.results.aggregate import RUNS_SCHEMA
-from protolib.results.schema import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA
+from protolib.results.schema import SCHEMAS, TABLE_FILES
 
 if TYPE_CHECKING:  # pandas is imported by pyarrow's to_pandas() when a DataFrame is asked for
+    import duckdb  # imported by the functions that query: `import protolib.results` stays light
     import pandas as pd
 
-#: view name → schema of the aggregate table it reads
-TABLES = {
-    "runs": RUNS_SCHEMA,
-    "metrics": METRICS_SCHEMA,
-    "geometry": GEOMETRY_SCHEMA,
-    "gamma": GAMMA_SCHEMA,
-}
+#: view name → schema of the aggregate table it reads (its file: ``TABLE_FILES[name]``)
+TABLES = SCHEMAS
 AGGREGATE_DIR = "aggregate"
 
 _SQL_TYPES = {
@@ -58,7 +52,7 @@ class QueryError(ValueError):
 
 #: statement types that only read (SELECT covers WITH, VALUES, FROM-first, DESCRIBE, SHOW,
 #: SUMMARIZE); EXPLAIN is checked on the statement it explains (EXPLAIN ANALYZE runs it)
-READ_ONLY = {duckdb.StatementType.SELECT}
+READ_ONLY = {"SELECT"}  # names of duckdb.StatementType members
 _EXPLAIN = re.compile(
     r"^(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*EXPLAIN\b\s*(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\b)?",
     re.IGNORECASE | re.DOTALL,
@@ -67,7 +61,9 @@ _EXPLAIN = re.compile(
 
 def _statement_kind(statement: duckdb.Statement) -> str | None:
     """``None`` for a read-only statement, else the name of its type (``COPY``, …)."""
-    if statement.type in READ_ONLY:
+    import duckdb
+
+    if statement.type.name in READ_ONLY:
         return None
     if statement.type == duckdb.StatementType.EXPLAIN:
         match = _EXPLAIN.match(statement.query)
@@ -92,6 +88,8 @@ def check_read_only(sql: str) -> None:
     CREATE, INSERT, INSTALL, LOAD, SET, PRAGMA, CALL, EXPORT, …) is refused, decided by
     DuckDB's own parser; ``duckdb.Error`` for SQL that does not parse.
     """
+    import duckdb
+
     for statement in duckdb.extract_statements(sql):
         kind = _statement_kind(statement)
         if kind is not None:
@@ -107,7 +105,7 @@ def experiments(results: str | Path = "results") -> list[str]:
     return sorted(
         folder.name
         for folder in root.iterdir()
-        if any((folder / AGGREGATE_DIR / f"{t}.parquet").is_file() for t in TABLES)
+        if any((folder / AGGREGATE_DIR / TABLE_FILES[t]).is_file() for t in TABLES)
     )
 
 
@@ -133,6 +131,8 @@ def connect(
         QueryError: no experiment under ``results`` has an aggregate, or ``experiment``
             is not one of them (the message lists those found).
     """
+    import duckdb
+
     found = experiments(results)
     if not found:
         raise QueryError(
@@ -153,7 +153,7 @@ def connect(
     connection = duckdb.connect()
     try:
         for table, schema in TABLES.items():
-            files = [root / e / AGGREGATE_DIR / f"{table}.parquet" for e in chosen]
+            files = [root / e / AGGREGATE_DIR / TABLE_FILES[table] for e in chosen]
             files = [_quote(str(f)) for f in files if f.is_file()]
             if files:
                 source = f"SELECT * FROM read_parquet([{', '.join(files)}], union_by_name = true)"
@@ -197,6 +197,7 @@ def query_arrow(
     as :func:`connect` does or for a statement that would write, and ``duckdb.Error``
     for bad SQL.
     """
+
     check_read_only(sql)
     connection = connect(results, experiment)
     try:

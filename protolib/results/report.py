@@ -213,30 +213,18 @@ def caption_file(key: str, folder: str | Path = CAPTION_FOLDER) -> str:
 
 def read_aggregate(aggregate_dir: str | Path) -> dict[str, pd.DataFrame]:
     """The four aggregate tables as DataFrames, their schema names and versions checked."""
-    from protolib.results.aggregate import RUNS_SCHEMA
-    from protolib.results.schema import (
-        GAMMA_SCHEMA,
-        GEOMETRY_SCHEMA,
-        METRICS_SCHEMA,
-        read_table,
-    )
+    from protolib.results.schema import SCHEMAS, TABLE_FILES, read_table
 
-    schemas = {
-        "runs": RUNS_SCHEMA,
-        "metrics": METRICS_SCHEMA,
-        "geometry": GEOMETRY_SCHEMA,
-        "gamma": GAMMA_SCHEMA,
-    }
     folder = Path(aggregate_dir)
     frames = {}
     for name in AGGREGATE_TABLES:
-        path = folder / f"{name}.parquet"
+        path = folder / TABLE_FILES[name]
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} is missing; aggregate the runs first "
                 "(protolib.results.aggregate.aggregate(run_dirs, aggregate_dir))"
             )
-        frames[name] = read_table(path, schemas[name]).to_pandas()
+        frames[name] = read_table(path, SCHEMAS[name]).to_pandas()
     return frames
 
 

@@ -1,14 +1,15 @@
-"""Explicit, versioned Parquet schemas of the per-run tables.
+"""Explicit, versioned Arrow schemas of the results tables, built from the contract.
 
-``metrics.parquet`` is long format — one row per run × step × split × metric — with the
-grid keys as real columns. ``geometry.parquet`` holds final K×K matrices in long format
-(one row per entry); ``gamma.parquet`` histograms of the final γ distributions. The
-schema name and version are in each file's metadata (``protolib.table``,
+:mod:`protolib.results.contract` defines the columns once; this module turns them into
+pyarrow schemas (``RUNS_SCHEMA``, ``METRICS_SCHEMA``, ``GEOMETRY_SCHEMA``,
+``GAMMA_SCHEMA``), re-exports the contract, and reads and writes the tables. The schema
+name and version are in each file's metadata (``protolib.table``,
 ``protolib.schema_version``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,61 +17,92 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from protolib.io import write_atomic
+from protolib.results.contract import (
+    AXES,
+    AXIS_NAMES,
+    CHECKPOINT,
+    CONFIG,
+    DATA,
+    EXPERIMENT,
+    GAMMA,
+    GEOMETRY,
+    GRID_COLUMNS,
+    IMBALANCE_RATIO,
+    KEY_COLUMNS,
+    LABEL_CORRUPTION,
+    LOSS,
+    MANIFEST_KEY,
+    METRICS,
+    N_W,
+    RESUME,
+    RUN_FILES,
+    RUN_ID,
+    RUNS,
+    SEED,
+    SUMMARY,
+    SUMMARY_ONLY,
+    TABLE_FILES,
+    TABLES,
+    Axis,
+    Column,
+)
 
 SCHEMA_VERSION = 1
-
-GRID_FIELDS = [
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("experiment", pa.string(), nullable=False),
-    pa.field("loss", pa.string(), nullable=False),
-    pa.field("n_w", pa.int64(), nullable=False),
-    pa.field("imbalance_ratio", pa.float64(), nullable=False),
-    pa.field("label_corruption", pa.float64(), nullable=False),
-    pa.field("seed", pa.int64(), nullable=False),
-]
+TABLE_KEY, VERSION_KEY = "protolib.table", "protolib.schema_version"
 
 
-def _with_metadata(name: str, fields: list[pa.Field]) -> pa.Schema:
+def arrow_field(column: Column) -> pa.Field:
+    """The pyarrow field of a contract column."""
+    return pa.field(column.name, getattr(pa, column.arrow)(), nullable=column.nullable)
+
+
+def table_schema(name: str) -> pa.Schema:
+    """The schema of table ``name`` of :data:`TABLES`, with its name and version."""
     return pa.schema(
-        fields,
-        metadata={"protolib.table": name, "protolib.schema_version": str(SCHEMA_VERSION)},
+        [arrow_field(column) for column in TABLES[name]],
+        metadata={TABLE_KEY: name, VERSION_KEY: str(SCHEMA_VERSION)},
     )
 
 
-METRICS_SCHEMA = _with_metadata(
-    "metrics",
-    [
-        *GRID_FIELDS,
-        pa.field("step", pa.int64(), nullable=False),
-        pa.field("epoch", pa.float64(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("metric", pa.string(), nullable=False),
-        pa.field("value", pa.float64(), nullable=True),
-    ],
-)
-
-GEOMETRY_SCHEMA = _with_metadata(
-    "geometry",
-    [
-        *GRID_FIELDS,
-        pa.field("matrix", pa.string(), nullable=False),
-        pa.field("row", pa.int64(), nullable=False),
-        pa.field("col", pa.int64(), nullable=False),
-        pa.field("value", pa.float64(), nullable=True),
-    ],
-)
+#: the key columns every table starts with (identity and grid point)
+GRID_FIELDS = [arrow_field(column) for column in KEY_COLUMNS]
+#: table name → schema, for every table of the contract
+SCHEMAS = {name: table_schema(name) for name in TABLES}
+RUNS_SCHEMA = SCHEMAS["runs"]
+METRICS_SCHEMA = SCHEMAS["metrics"]
+GEOMETRY_SCHEMA = SCHEMAS["geometry"]
+GAMMA_SCHEMA = SCHEMAS["gamma"]
+#: per-run table file name → its schema (an aggregate's table of that name has it too)
+RUN_TABLES = {TABLE_FILES[name]: schema for name, schema in SCHEMAS.items() if name != "runs"}
 
 
-GAMMA_SCHEMA = _with_metadata(
-    "gamma",
-    [
-        *GRID_FIELDS,
-        pa.field("distribution", pa.string(), nullable=False),
-        pa.field("lower", pa.float64(), nullable=False),
-        pa.field("upper", pa.float64(), nullable=False),
-        pa.field("count", pa.int64(), nullable=False),
-    ],
-)
+def misfit(row: Mapping[str, Any], schema: pa.Schema) -> str | None:
+    """Why ``row`` (column → one value) does not fit ``schema``'s types, or ``None``."""
+    for field in schema:
+        value = row.get(field.name)
+        if value is None and not field.nullable:
+            return f"{field.name} is None, expected a {field.type} value"
+        try:
+            pa.array([value], type=field.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            return f"{field.name} is {value!r}, expected {field.type}"
+    return None
+
+
+def check_summary(summary: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` unless ``summary`` has exactly the :data:`RUNS_SCHEMA` columns
+    (each value of its type) and the :data:`SUMMARY_ONLY` keys."""
+    expected = {*RUNS_SCHEMA.names, *SUMMARY_ONLY}
+    missing = [key for key in [*RUNS_SCHEMA.names, *SUMMARY_ONLY] if key not in summary]
+    extra = [key for key in summary if key not in expected]
+    if missing or extra:
+        raise ValueError(
+            f"{SUMMARY}: missing keys {missing}, unexpected keys {extra}; allowed: the columns "
+            "of RUNS_SCHEMA and SUMMARY_ONLY (protolib.results.contract)"
+        )
+    why = misfit(summary, RUNS_SCHEMA)
+    if why is not None:
+        raise ValueError(f"{SUMMARY}: {why}")
 
 
 def write_table(path: str | Path, columns: dict[str, list[Any]], schema: pa.Schema) -> Path:
@@ -84,9 +116,54 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     table = pq.read_table(path)
     meta = table.schema.metadata or {}
     expected = schema.metadata
-    for key in (b"protolib.table", b"protolib.schema_version"):
+    for key in (TABLE_KEY.encode(), VERSION_KEY.encode()):
         if meta.get(key) != expected[key]:
             raise ValueError(
                 f"{path}: {key.decode()} is {meta.get(key)!r}, expected {expected[key]!r}"
             )
     return table
+
+
+__all__ = [
+    "AXES",
+    "AXIS_NAMES",
+    "CHECKPOINT",
+    "CONFIG",
+    "DATA",
+    "EXPERIMENT",
+    "GAMMA",
+    "GAMMA_SCHEMA",
+    "GEOMETRY",
+    "GEOMETRY_SCHEMA",
+    "GRID_COLUMNS",
+    "GRID_FIELDS",
+    "IMBALANCE_RATIO",
+    "KEY_COLUMNS",
+    "LABEL_CORRUPTION",
+    "LOSS",
+    "MANIFEST_KEY",
+    "METRICS",
+    "METRICS_SCHEMA",
+    "N_W",
+    "RESUME",
+    "RUNS",
+    "RUNS_SCHEMA",
+    "RUN_FILES",
+    "RUN_ID",
+    "RUN_TABLES",
+    "SCHEMAS",
+    "SCHEMA_VERSION",
+    "SEED",
+    "SUMMARY",
+    "SUMMARY_ONLY",
+    "TABLES",
+    "TABLE_FILES",
+    "Axis",
+    "Column",
+    "arrow_field",
+    "check_summary",
+    "misfit",
+    "read_table",
+    "table_schema",
+    "write_table",
+]

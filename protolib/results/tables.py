@@ -15,11 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from protolib.io import write_text
+from protolib.results.contract import GRID_COLUMNS, SEED
 from protolib.results.markdown import markdown_table
 from protolib.results.report import TABLE_FORMATS
 
 #: the grid keys a table is grouped by (the seed is what is summarised)
-GRID = ["loss", "n_w", "imbalance_ratio", "label_corruption"]
+GRID = [name for name in GRID_COLUMNS if name != SEED.name]
 #: column → (Markdown header, LaTeX header); other columns keep their name
 HEADERS = {
     "loss": ("loss", "loss"),

@@ -6,8 +6,7 @@ the package, or a submodule that does not use them, does not import scipy.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from protolib._lazy import lazy_exports
 
 _BOUNDS = "protolib.theory.bounds"
 
@@ -25,14 +24,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

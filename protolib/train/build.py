@@ -109,17 +109,17 @@ def prepare(config: RunConfig) -> Prepared:
         changed=changed,
         needs=needs,
         prototypes=prototypes,
+        loss=loss.to(device),
         target=target,
         network=network,
-        loss=loss.to(device),
         loader=loader,
-        total_steps=total,
         autocast=config.amp and on_cuda,
+        total_steps=total,
         channels_last=channels_last,
         optimizer=optimizer,
+        test_labels=data.test.labels.to(device),
         scheduler=scheduler,
         test_loader=test_loader,
-        test_labels=data.test.labels.to(device),
     )
 
 

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 from protolib.io import write_atomic
+from protolib.results.contract import CHECKPOINT as CHECKPOINT  # the final state
+from protolib.results.contract import RESUME as RESUME  # while training
 from protolib.train.build import one_line
 from protolib.train.config import ConfigError
 
-CHECKPOINT = "checkpoint.pt"  # the final state, a declared output
-RESUME = "resume.pt"  # periodic state while training; removed when the run completes
 CHECKPOINT_FORMAT = 1  # the "format" of resume.pt and checkpoint.pt
 CHECKPOINT_KEYS = (
     "format",

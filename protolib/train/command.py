@@ -9,7 +9,6 @@ Ctrl-C stopped a run (it saved a checkpoint; the same command resumes).
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 import traceback
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from protolib.io import write_json
+from protolib.io import write_error, write_json
 from protolib.train.batch import BatchRun, fresh_state, output_to, read_batch
 from protolib.train.build import one_line
 from protolib.train.config import INT_RANGES, RunConfig, parse_config_json, read_config_file
@@ -52,18 +51,6 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     return _single(args)
-
-
-def write_error(error: OSError, out: str) -> str:
-    """One line for an output that could not be written (a full disk says so)."""
-    reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
-    if error.errno == errno.ENOSPC:
-        return (
-            f"no space left on {out} ({reason}); free some space, then re-run the same "
-            "command to resume"
-        )
-    where = f" ({error.filename})" if error.filename else ""
-    return f"cannot write the run directory {out}{where}: {reason}"
 
 
 def _single(args: argparse.Namespace) -> int:
@@ -103,7 +90,7 @@ def _train(config: Callable[[], RunConfig], out: str, progress: bool | None) -> 
     except (ValueError, FileNotFoundError, TypeError) as error:
         return 2, _error(str(error))
     except OSError as error:  # the run directory cannot be written
-        return 2, _error(write_error(error, out))
+        return 2, _error(write_error(error, out, "the run directory"))
     fit = summary["time_to_fit"]
     line = (
         f"{summary['run_id']}: {summary['status']}; time to fit "

@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protolib.choices import CORRUPTION_MODES, PROJECTOR_KINDS, SAMPLINGS
 from protolib.registry import DATASETS, GEOMETRIES, LOSSES, MODELS, load_plugins
 
 SCHEDULES = ("constant", "step", "cosine", "poly")
-SAMPLINGS = ("epoch", "replacement")
 DEVICES = ("auto", "cpu", "cuda")
-CORRUPTION_MODES = ("other", "uniform")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
 MAX_STEPS = 10**9  # iterations, eval_every, checkpoint_every, probe_iterations, milestones
@@ -140,13 +139,15 @@ class RunConfig:
 
     @property
     def grid_keys(self) -> dict[str, Any]:
-        """The grid coordinates of this run (columns of every results table)."""
+        """The grid coordinates of this run (columns of every results table): the loss
+        variant and each axis of :mod:`protolib.results.contract`, of its Python type."""
+        # imported here: protolib.results imports pyarrow and DuckDB, which a refused
+        # config never needs
+        from protolib.results.contract import AXES, LOSS
+
         return {
-            "loss": self.loss_name or self.loss,
-            "n_w": self.n_w,
-            "imbalance_ratio": float(self.imbalance_ratio),
-            "label_corruption": float(self.label_corruption),
-            "seed": self.seed,
+            LOSS.name: self.loss_name or self.loss,
+            **{axis.name: axis.python(getattr(self, axis.name)) for axis in AXES},
         }
 
     def validate(self) -> None:
@@ -175,7 +176,7 @@ class RunConfig:
                 "only letters, digits and . _ = , + -"
             )
         _check_name("geometry", self.geometry, GEOMETRIES.names())
-        _check_choice("projector", self.projector, ("none", "mlp"))
+        _check_choice("projector", self.projector, PROJECTOR_KINDS)
         _check_choice("sampling", self.sampling, SAMPLINGS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("device", self.device, DEVICES)

@@ -1,5 +1,6 @@
-"""Evaluation of a network on whole splits (MATH.md §3, §7): errors, accuracies and
-the geometry of the embeddings."""
+"""Evaluation of a network on whole splits (MATH.md §3, §7): errors, accuracies and the
+registered evaluation metrics (:data:`~protolib.registry.METRICS`: the geometry of the
+embeddings, and whatever plugins add)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from protolib.geometry import (
-    class_means,
-    delta_g_from_gram,
-    gamma_distributions,
-    neural_collapse,
-)
+from protolib.geometry import class_means
+from protolib.geometry.panel import MetricContext, run_metrics
+
+#: names the training loop records under the ``train`` split beside the evaluation (the
+#: mean training loss, its components ``loss.<name>``, the learning rate, the probe's
+#: training error); no registered metric may return one of them
+LOOP_METRICS = frozenset({"loss", "lr", "probe_error"})
+LOOP_PREFIXES = ("loss.",)
 
 
 @torch.no_grad()
@@ -95,8 +98,10 @@ def evaluate_split_pair(
 
     ``error``/``accuracy`` use the run's classifier: the model's logits when it has a
     head, the class-mean classifier otherwise; ``mean_classifier_accuracy`` is the
-    class-mean classifier for every loss. Geometry metrics are computed on the training
-    embeddings against the training (possibly corrupted) labels.
+    class-mean classifier for every loss. When every class has a training sample, every
+    registered metric (:func:`~protolib.geometry.panel.run_metrics`) runs on the training
+    embeddings against the training (possibly corrupted) labels, with the class means
+    computed here once.
     """
     exact_means = class_means(train_features, train_labels, num_classes, allow_missing=True)
     means = exact_means.to(train_features.dtype)  # the class-mean classifier
@@ -113,16 +118,20 @@ def evaluate_split_pair(
     gammas: dict[str, Tensor] = {}
     present = ~means.isnan().any(dim=1)
     if bool(present.all()):
-        gram = means.double() @ means.double().T
-        out[("train", "delta_g")] = delta_g_from_gram(gram, target_gram.to(gram))
-        gammas = gamma_distributions(
-            train_features, train_labels, classifier=classifier, num_classes=num_classes
+        context = MetricContext(
+            features=train_features,
+            labels=train_labels,
+            means=exact_means,
+            num_classes=num_classes,
+            classifier=classifier,
+            target_gram=target_gram,
         )
-        for name, values in gammas.items():
-            out[("train", f"gamma_{name}")] = float(values.mean())
-        collapse = neural_collapse(
-            train_features, train_labels, classifier=classifier, num_classes=num_classes
-        )
-        for name, value in collapse.items():
-            out[("train", name)] = float(value)
+        own = {metric for split, metric in out if split == "train"}
+
+        def taken(name: str) -> bool:
+            return name in own or name in LOOP_METRICS or name.startswith(LOOP_PREFIXES)
+
+        for name, value in run_metrics(context, taken).items():
+            out[("train", name)] = value
+        gammas = context.gammas
     return Evaluation(out, exact_means @ exact_means.T, gammas)

@@ -1,6 +1,11 @@
 """A run's tables and summary: the long metric rows while training, and at the end
 ``metrics``, ``geometry``, ``gamma`` and ``data.parquet`` and the ``summary.json`` record.
 
+The summary is built from the results contract: :data:`FIGURES` says where each column of
+``runs.parquet`` comes from and :data:`EXTRAS` each key that only ``summary.json`` holds,
+and the summary is checked against ``RUNS_SCHEMA`` before it is written. A new figure is
+a column in :mod:`protolib.results.contract` and its line in :data:`FIGURES`.
+
 Only pyarrow is needed here (the results schemas), never pandas.
 """
 
@@ -9,6 +14,8 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +26,24 @@ from torch import Tensor
 
 import protolib
 from protolib.io import write_atomic, write_json
-from protolib.results.manifest import SUMMARY, build_manifest
-from protolib.results.schema import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA, write_table
+from protolib.results.manifest import build_manifest
+from protolib.results.schema import (
+    DATA,
+    EXPERIMENT,
+    GAMMA,
+    GAMMA_SCHEMA,
+    GEOMETRY,
+    GEOMETRY_SCHEMA,
+    MANIFEST_KEY,
+    METRICS,
+    METRICS_SCHEMA,
+    RUN_ID,
+    SUMMARY,
+    check_summary,
+    write_table,
+)
 from protolib.train.build import Prepared
+from protolib.train.config import RunConfig
 
 GAMMA_BINS = 50
 
@@ -31,7 +53,7 @@ Rows = dict[str, list]  # column name → values, in a results schema's columns
 def grid_columns(prep: Prepared) -> dict[str, Any]:
     """The columns every row of a run's tables repeats: run id, experiment, grid keys."""
     config = prep.config
-    return {"run_id": config.run_id, "experiment": config.experiment, **config.grid_keys}
+    return {RUN_ID.name: config.run_id, EXPERIMENT.name: config.experiment, **config.grid_keys}
 
 
 def empty_metric_rows() -> Rows:
@@ -76,63 +98,106 @@ def write_tables(
 ) -> None:
     """``metrics``, ``geometry``, ``gamma`` and ``data.parquet``, each atomically."""
     grid = grid_columns(prep)
-    write_table(out / "metrics.parquet", rows, METRICS_SCHEMA)
-    geometry = _geometry_rows(prep, grid, gram, classifier)
-    write_table(out / "geometry.parquet", geometry, GEOMETRY_SCHEMA)
-    write_table(out / "gamma.parquet", _gamma_rows(grid, gammas), GAMMA_SCHEMA)
-    _write_data_table(prep, out / "data.parquet")
+    write_table(out / METRICS, rows, METRICS_SCHEMA)
+    write_table(out / GEOMETRY, _geometry_rows(prep, grid, gram, classifier), GEOMETRY_SCHEMA)
+    write_table(out / GAMMA, _gamma_rows(grid, gammas), GAMMA_SCHEMA)
+    _write_data_table(prep, out / DATA)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a finished run's summary is made of: the prepared run, what the loop recorded
+    (status, iterations, time_to_fit, final, probe_accuracy, wall_seconds, train_seconds,
+    attempts) and the run directory (whose other outputs are written)."""
+
+    prep: Prepared
+    record: Mapping[str, Any]
+    out: Path
+
+    @property
+    def config(self) -> RunConfig:
+        return self.prep.config
+
+    @property
+    def final(self) -> dict[str, float]:
+        """``{"split/metric": value}`` at the last evaluated step."""
+        return self.record["final"]
+
+
+Source = Callable[[RunFacts], Any]
+
+
+def _images_per_second(facts: RunFacts) -> float | None:
+    images = facts.record["iterations"] * facts.config.batch_size * facts.config.views
+    seconds = facts.record["train_seconds"]
+    return images / seconds if seconds > 0 else None
+
+
+#: where each column of ``runs.parquet`` after the key columns comes from (the order of
+#: ``RUNS_FIGURES`` in :mod:`protolib.results.contract`)
+FIGURES: dict[str, Source] = {
+    "loss_type": lambda f: f.config.loss,
+    "dataset": lambda f: f.config.dataset,
+    "model": lambda f: f.config.model,
+    "geometry": lambda f: f.config.geometry if f.prep.prototypes is not None else None,
+    "status": lambda f: f.record["status"],
+    "iterations": lambda f: f.record["iterations"],
+    "epochs": lambda f: f.record["iterations"] / f.prep.loader.steps_per_epoch,
+    "time_to_fit": lambda f: f.record["time_to_fit"],
+    "fitted": lambda f: f.record["time_to_fit"] is not None,
+    "train_error": lambda f: f.final.get("train/error"),
+    "test_accuracy": lambda f: f.final.get("test/accuracy"),
+    "mean_classifier_accuracy": lambda f: f.final.get("test/mean_classifier_accuracy"),
+    "probe_accuracy": lambda f: f.record["probe_accuracy"],
+    "delta_g": lambda f: f.final.get("train/delta_g"),
+    "n_train": lambda f: int(f.prep.kept.numel()),
+    "n_corrupted": lambda f: int(f.prep.changed.numel()),
+    "wall_seconds": lambda f: f.record["wall_seconds"],
+    "train_seconds": lambda f: f.record["train_seconds"],
+    "images_per_second": _images_per_second,
+    "device": lambda f: _device_name(f.prep.device),
+    "git_revision": lambda f: _git_revision(),
+}
+
+#: where each key of ``summary.json`` that ``runs.parquet`` does not hold comes from
+#: (``SUMMARY_ONLY``); the manifest last: every other output is written by then
+EXTRAS: dict[str, Source] = {
+    "final": lambda f: f.final,
+    "n_test": lambda f: int(f.prep.data.test.labels.numel()),
+    "class_counts": lambda f: torch.bincount(
+        f.prep.train_labels.cpu(), minlength=f.prep.data.num_classes
+    ).tolist(),
+    "device_type": lambda f: f.prep.device.type,
+    "versions": lambda f: {
+        "protolib": protolib.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    },
+    "hostname": lambda f: platform.node(),
+    "pid": lambda f: os.getpid(),
+    "attempts": lambda f: f.record["attempts"],
+    MANIFEST_KEY: lambda f: build_manifest(f.out),
+}
+
+
+def summary_of(facts: RunFacts) -> dict[str, Any]:
+    """The summary of a finished run: the ``runs.parquet`` columns (the key columns, then
+    :data:`FIGURES`), then :data:`EXTRAS`; checked against ``RUNS_SCHEMA`` (every column,
+    each value of its type) and ``SUMMARY_ONLY`` (no other key)."""
+    summary = grid_columns(facts.prep)
+    for sources in (FIGURES, EXTRAS):
+        summary.update((name, source(facts)) for name, source in sources.items())
+    check_summary(summary)
+    return summary
 
 
 def write_summary(prep: Prepared, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Write ``summary.json`` (last: its presence marks a finished run) and return it.
 
-    ``record`` holds what the loop knows (status, iterations, time_to_fit, final,
-    probe_accuracy, wall_seconds, train_seconds, attempts); the rest comes from ``prep``.
+    ``record`` holds what the loop knows (see :class:`RunFacts`); the rest comes from
+    ``prep`` (:func:`summary_of`).
     """
-    config, K = prep.config, prep.data.num_classes
-    final = record["final"]
-    images = record["iterations"] * config.batch_size * config.views
-    train_seconds = record["train_seconds"]
-    summary = {
-        "run_id": config.run_id,
-        "experiment": config.experiment,
-        **config.grid_keys,
-        "loss_type": config.loss,
-        "dataset": config.dataset,
-        "model": config.model,
-        "geometry": config.geometry if prep.prototypes is not None else None,
-        "status": record["status"],
-        "iterations": record["iterations"],
-        "epochs": record["iterations"] / prep.loader.steps_per_epoch,
-        "time_to_fit": record["time_to_fit"],
-        "fitted": record["time_to_fit"] is not None,
-        "train_error": final.get("train/error"),
-        "test_accuracy": final.get("test/accuracy"),
-        "mean_classifier_accuracy": final.get("test/mean_classifier_accuracy"),
-        "probe_accuracy": record["probe_accuracy"],
-        "delta_g": final.get("train/delta_g"),
-        "final": final,
-        "n_train": int(prep.kept.numel()),
-        "n_test": int(prep.data.test.labels.numel()),
-        "n_corrupted": int(prep.changed.numel()),
-        "class_counts": torch.bincount(prep.train_labels.cpu(), minlength=K).tolist(),
-        "wall_seconds": record["wall_seconds"],
-        "train_seconds": train_seconds,
-        "images_per_second": images / train_seconds if train_seconds > 0 else None,
-        "device": _device_name(prep.device),
-        "device_type": prep.device.type,
-        "versions": {
-            "protolib": protolib.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "git_revision": _git_revision(),
-        "hostname": platform.node(),
-        "pid": os.getpid(),
-        "attempts": record["attempts"],
-        # size and sha256 of every other declared output; summary.json is written last
-        "manifest": build_manifest(out),
-    }
+    summary = summary_of(RunFacts(prep, record, out))
     write_json(out / SUMMARY, summary)
     return summary
 

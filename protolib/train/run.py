@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from protolib.io import write_json
-from protolib.results.manifest import SUMMARY
+from protolib.results.contract import CONFIG, SUMMARY
 from protolib.train.build import Prepared, prepare, resolve_device
 from protolib.train.checkpoint import (
     CHECKPOINT,
@@ -76,7 +76,7 @@ def train_run(
         loop = Loop(prep or prepare(config), out, progress)  # raises before any write
         if state is not None:
             loop.restore(state)
-        write_json(out / "config.json", config_dict)
+        write_json(out / CONFIG, config_dict)
         return loop.run()
 
 
@@ -94,7 +94,7 @@ def _check_out(out: Path) -> None:
 
 def _finished_summary(out: Path, config_dict: dict[str, Any]) -> dict[str, Any]:
     """The summary of the finished run in ``out``, if it is this config's run."""
-    if _read_json(out / "config.json") != config_dict:
+    if _read_json(out / CONFIG) != config_dict:
         raise ConfigError(f"{out} already holds a different run; use another --out or delete it")
     summary = _read_json(out / SUMMARY)
     if not isinstance(summary, dict):

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torchvision.datasets
 
+from protolib import DATASETS
 from protolib.data import Split, load_dataset
 from protolib.data.datasets import CifarFileError
 
@@ -101,6 +102,9 @@ def test_cifar10_round_trip(tmp_path):
     _, (train_data, train_labels), (test_data, test_labels) = write_cifar10(tmp_path)
     data = load_dataset("cifar10", root=str(tmp_path))
     assert data.name == "cifar10" and data.num_classes == 10 and data.image_shape == (3, 32, 32)
+    # the registry facts (resources.py) agree; the real archive holds 50 000 + 10 000 images
+    facts = DATASETS.facts("cifar10")
+    assert (facts["num_classes"], facts["image_shape"], facts["size"]) == (10, (3, 32, 32), 60000)
     check_split(data.train, train_data, train_labels, first=10)
     check_split(data.test, test_data, test_labels, first=70)
     # batch order: image 0 of data_batch_3 sits at position 2·4
@@ -115,6 +119,9 @@ def test_cifar100_round_trip_fine_labels(tmp_path):
     _, (train_data, train_fine), (test_data, test_fine) = write_cifar100(tmp_path)
     data = load_dataset("cifar100", root=tmp_path)
     assert data.name == "cifar100" and data.num_classes == 100
+    facts = DATASETS.facts("cifar100")
+    assert (facts["num_classes"], facts["image_shape"], facts["size"]) == (100, (3, 32, 32), 60000)
+    assert data.image_shape == (3, 32, 32)
     check_split(data.train, train_data, train_fine, first=10)
     check_split(data.test, test_data, test_fine, first=50)
 

@@ -148,6 +148,30 @@ def test_synthetic_shapes_balance_and_clusters():
     np.testing.assert_allclose(data.std, per_channel.std(1, correction=0).numpy(), rtol=1e-9)
 
 
+def declared(name: str, **options) -> tuple[int, int, tuple[int, ...]]:
+    """The ``size``, ``num_classes`` and ``image_shape`` facts of a registered dataset."""
+    return tuple(  # type: ignore[return-value]
+        DATASETS.fact(name, key, options=options) for key in ("size", "num_classes", "image_shape")
+    )
+
+
+def loaded(data: DatasetSplits) -> tuple[int, int, tuple[int, ...]]:
+    return len(data.train) + len(data.test), data.num_classes, data.image_shape
+
+
+def test_declared_facts_are_what_the_datasets_load(digits):
+    """The registry facts (read by resources.py) equal the loaded data, including the
+    synthetic dataset's, which depend on its options (defaults filled in)."""
+    assert declared("digits") == loaded(digits) == (1797, 10, (1, 8, 8))
+    assert declared("digits", test_fraction=0.5) == (1797, 10, (1, 8, 8))
+    tiny = {"image_size": 4, "train_size": 30, "test_size": 7}
+    assert declared("synthetic", **tiny) == loaded(load_dataset("synthetic", **tiny))
+    assert declared("synthetic", **tiny) == (37, 10, (3, 4, 4))
+    other = {"num_classes": 3, "channels": 1, "image_size": 2}
+    assert declared("synthetic", **other) == loaded(load_dataset("synthetic", **other))
+    assert declared("synthetic", **other) == (1200, 3, (1, 2, 2))
+
+
 def test_synthetic_noise_zero_is_the_centres():
     data = load_dataset("synthetic", num_classes=3, image_size=4, train_size=30, noise=0.0)
     for k in range(3):

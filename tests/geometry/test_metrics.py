@@ -22,7 +22,6 @@ from protolib.geometry.metrics import (
     neural_collapse,
     pairwise_angular_similarity,
     simplex_gamma,
-    summarize,
 )
 
 # ---------------------------------------------------------------------------------------
@@ -323,32 +322,6 @@ def test_gamma_distributions_classifier_shape_errors() -> None:
         gamma_distributions(t(features), t(labels), classifier=torch.ones(3, 5))
 
 
-def test_summarize_equals_numpy() -> None:
-    values = np.random.default_rng(19).standard_normal(101)
-    got = summarize(t(values).float())
-    v = values.astype(np.float32).astype(np.float64)
-    expected = {
-        "mean": float(np.mean(v)),
-        "std": float(np.std(v)),
-        "min": float(np.min(v)),
-        "max": float(np.max(v)),
-        "median": float(np.median(v)),
-        "q05": float(np.quantile(v, 0.05)),
-        "q95": float(np.quantile(v, 0.95)),
-    }
-    assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
-    even = summarize(torch.tensor([4.0, 1.0, 3.0, 2.0]))
-    assert even["median"] == 2.5 and even["std"] == pytest.approx(math.sqrt(1.25))
-    assert summarize(torch.tensor([7.0]))["q95"] == 7.0
-    with pytest.raises(ValueError, match=r"non-empty 1-D"):
-        summarize(torch.zeros(2, 2))
-
-
-# ---------------------------------------------------------------------------------------
-# neural collapse
-# ---------------------------------------------------------------------------------------
-
-
 def test_neural_collapse_zero_at_perfect_etf_collapse() -> None:
     K, d = 10, 32
     W = etf(K, d, seed=20)
@@ -426,6 +399,55 @@ def test_neural_collapse_undefined_when_means_coincide() -> None:
     labels = np.zeros(12, dtype=np.int64)
     stats = neural_collapse(t(features), t(labels))
     assert all(math.isnan(value) for value in stats.values()), stats
+
+
+# ---------------------------------------------------------------------------------------
+# class means passed in (computed once per evaluation)
+# ---------------------------------------------------------------------------------------
+
+
+def test_given_means_are_used_as_given_and_change_nothing() -> None:
+    """Passing the class means the caller has gives bit-identical values; the means are
+    used, not recomputed (other means give other values)."""
+    K, d, n = 4, 6, 80
+    features, labels = random_data(n, K, d, seed=27, imbalanced=True)
+    f32, y = t(features).float(), t(labels)
+    classifier = t(np.random.default_rng(28).standard_normal((K, d))).float()
+    means = class_means(f32, y, K)
+    assert means.dtype == torch.float64
+    np.testing.assert_allclose(means.numpy(), ref_means(f32.double().numpy(), labels, K))
+    plain = gamma_distributions(f32, y, classifier=classifier, num_classes=K)
+    given = gamma_distributions(f32, y, classifier=classifier, num_classes=K, means=means)
+    assert plain.keys() == given.keys()
+    assert all(torch.equal(plain[k], given[k]) for k in plain)
+    assert neural_collapse(f32, y, classifier=classifier) == neural_collapse(
+        f32, y, classifier=classifier, means=means
+    )
+    shifted = means + 0.5
+    assert not torch.equal(gamma_distributions(f32, y, means=shifted)["within"], plain["within"])
+    assert neural_collapse(f32, y, means=shifted)["nc1"] != neural_collapse(f32, y)["nc1"]
+
+
+def test_given_means_are_checked() -> None:
+    features, labels = random_data(30, 3, 4, seed=29)
+    f, y = t(features), t(labels)
+    means = class_means(f, y)
+    with pytest.raises(
+        ValueError, match=r"means must have shape \(K, d\) = \(3, 4\).*got \(3, 5\)"
+    ):
+        gamma_distributions(f, y, means=torch.ones(3, 5, dtype=torch.float64))
+    with pytest.raises(
+        ValueError, match=r"means must have shape \(K, d\) = \(3, 4\).*got \(2, 4\)"
+    ):
+        neural_collapse(f, y, num_classes=3, means=means[:2])
+    with pytest.raises(ValueError, match=r"means must have shape \(K, d\); got \(12,\)"):
+        neural_collapse(f, y, means=means.flatten())
+    holed = means.clone()
+    holed[1] = float("nan")
+    with pytest.raises(ValueError, match=r"means has NaN rows \(classes 1\)"):
+        gamma_distributions(f, y, means=holed)
+    with pytest.raises(ValueError, match=r"label 2 is out of range for num_classes=2"):
+        gamma_distributions(f, y, means=means[:2])
 
 
 # ---------------------------------------------------------------------------------------

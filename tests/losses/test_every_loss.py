@@ -62,3 +62,15 @@ def test_buffers_move_and_round_trip(name):
         clone = build(name)
         clone.load_state_dict(state)
         torch.testing.assert_close(clone.prototypes.double(), loss.prototypes)
+
+
+def test_every_head_a_loss_asks_for_is_a_known_kind():
+    """The head kinds are defined once (``protolib.losses.base.HEAD_KINDS``, from the type
+    of ``LossNeeds.head``); every registered loss asks for one of them, and all are used."""
+    from typing import get_type_hints
+
+    from protolib.losses.base import HEAD_KINDS, HeadKind
+
+    assert get_type_hints(LossNeeds)["head"] == HeadKind
+    assert HEAD_KINDS == ("none", "linear", "fixed_linear")
+    assert {LOSSES.get(name).needs.head for name in LOSSES.names()} == set(HEAD_KINDS)

@@ -42,6 +42,24 @@ def test_limit_matches_explicit_loop(views, exact):
     assert mean.item() == pytest.approx(want / (9 * views), rel=1e-12)
 
 
+def test_exact_false_is_the_paper_limit():
+    """``supcon_limit_loss(exact=False)`` is the published limit of the explicit loop (no
+    prototype-anchor term), and ``supcon_limit_paper_loss`` is exactly that call."""
+    K, d = 4, 8
+    g = torch.Generator().manual_seed(5)
+    features = F.normalize(torch.randn(10, d, generator=g, dtype=torch.float64), dim=-1)
+    labels = torch.randint(0, K, (10,), generator=g)
+    prototypes = make_prototypes("minority_angles", K, d, seed=2, dtype=torch.float64)
+    got = supcon_limit_loss(features, labels, prototypes=prototypes, tau=0.2, exact=False)
+    assert set(got) == {"loss", "ce", "align"}
+    members = members_of(features, labels)
+    want = loop_limit(*members, prototypes.numpy(), 0.2, exact=False)
+    assert got["loss"].item() == pytest.approx(want / 10, rel=1e-12)
+    assert abs(want - loop_limit(*members, prototypes.numpy(), 0.2, exact=True)) > 1e-3
+    paper = supcon_limit_paper_loss(features, labels, prototypes=prototypes, tau=0.2)
+    assert all(torch.equal(paper[key], got[key]) for key in got)
+
+
 @pytest.mark.parametrize("geometry", ["etf", "minority_angles"])
 @pytest.mark.parametrize("tau", [0.1, 0.5])
 def test_prototype_supcon_differences_converge_to_exact_limit_not_paper(geometry, tau):

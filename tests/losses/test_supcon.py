@@ -76,6 +76,22 @@ def test_prototypes_equal_explicit_loop_on_replicated_batch(name, n_w, K, labels
     )
 
 
+@pytest.mark.parametrize("n_w", [0, 3])
+def test_class_average_option_is_bcl(n_w):
+    """``supcon_loss(class_average=True)`` is the class-averaged loss of the explicit loop
+    (with and without prototypes), and ``bcl_loss`` is exactly that call."""
+    features, labels = random_batch(9, 6, 3, views=2, seed=4)
+    prototypes = make_prototypes("etf", 3, 6, seed=1, dtype=torch.float64)
+    got = supcon_loss(features, labels, tau=0.1, prototypes=prototypes, n_w=n_w, class_average=True)
+    members, member_labels = replicate(*members_of(features, labels), prototypes.numpy(), n_w)
+    want = loop_supcon(members, member_labels, 0.1, class_average=True)
+    assert got["loss"].item() == pytest.approx(want, rel=1e-12)
+    plain = loop_supcon(members, member_labels, 0.1, class_average=False)
+    assert abs(want - plain) > 1e-3  # the option changes the loss on this batch
+    bcl = bcl_loss(features, labels, tau=0.1, prototypes=prototypes, n_w=n_w)
+    assert all(torch.equal(bcl[key], got[key]) for key in got)
+
+
 def literal(fn, features, labels, prototypes, n_w, **kw):
     """The loss on the literally replicated batch (prototype copies as ordinary members)."""
     K, d = prototypes.shape

@@ -27,6 +27,26 @@ def test_registered_names():
     assert {"mlp", "cnn_small", "resnet18_cifar", "preact_resnet18_cifar"} <= set(MODELS.names())
 
 
+def test_each_model_declares_its_training_cost():
+    """The costs per sample that resources.py turns into time limits (seconds per sample
+    and view; a ResNet-18 trains at about 32 images/s on one CPU core, so 4e-2 is on the
+    slow side)."""
+    costs = {
+        name: (
+            MODELS.fact(name, "gpu_seconds_per_sample"),
+            MODELS.fact(name, "cpu_seconds_per_sample"),
+        )
+        for name in ("mlp", "cnn_small", "resnet18_cifar", "preact_resnet18_cifar")
+    }
+    assert costs == {
+        "mlp": (2e-5, 2e-5),
+        "cnn_small": (5e-5, 5e-4),
+        "resnet18_cifar": (2e-4, 4e-2),
+        "preact_resnet18_cifar": (2e-4, 4e-2),
+    }
+    assert 1 / costs["resnet18_cifar"][1] < 32
+
+
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_model_shape_finite_and_gradient(name):
     torch.manual_seed(0)

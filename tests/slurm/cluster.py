@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from tests.conftest import tiny_run
+
 HERE = Path(__file__).resolve().parent
 
 # A digits run of a second or two.
-SMALL_RUN = {
-    "dataset": "digits",
-    "model": "mlp",
-    "model_options": {"widths": [64], "out_dim": 16},
-    "iterations": 300,
-    "eval_every": 100,
-    "batch_size": 64,
-    "probe_iterations": 20,
-}
+SMALL_RUN = tiny_run(
+    model_options={"widths": [64], "out_dim": 16},
+    iterations=300,
+    eval_every=100,
+    batch_size=64,
+    probe_iterations=20,
+)
 # What a CPU-only node with 2 cores needs; everything else is the repository's profile.
 NODE_ENV = {"PROTOLIB_SLURM_CPUS_PER_GPU": "1", "PROTOLIB_SLURM_MEM_PER_GPU_MB": "2000"}
 PLUGIN_FLAGS = ["--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5"]

@@ -20,18 +20,12 @@ import yaml
 
 from protolib.pipeline import PipelineConfigError, format_number, plan, read_config_file
 from protolib.train.config import RunConfig
+from tests.conftest import tiny_run
 from tests.workflow.test_pipeline import ROOT, snakemake
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-TINY = {  # out_dim 16: the ETF of digits' 10 classes needs at least 9 dimensions
-    "dataset": "digits",
-    "model": "mlp",
-    "model_options": {"widths": [16], "out_dim": 16},
-    "iterations": 2,
-    "eval_every": 1,
-    "batch_size": 32,
-    "probe_iterations": 0,
-}
+# out_dim 16: the ETF of digits' 10 classes needs at least 9 dimensions
+TINY = tiny_run(model_options={"widths": [16], "out_dim": 16}, iterations=2, eval_every=1)
 
 
 def config(**experiment: Any) -> dict[str, Any]:
@@ -212,6 +206,19 @@ def test_unknown_dataset_options_are_refused_naming_the_accepted_ones():
     assert message.startswith("config: experiments.e.base.dataset_options: ")
     assert "test_fractoin" in message and message.endswith(
         "accepted options: test_fraction, split_seed)"
+    )
+
+
+def test_a_dataset_option_value_its_loader_refuses_names_the_key_once():
+    """Known options with a value the loader refuses, met while the imbalance ratios are
+    checked: the message names the key where it is written (it once said
+    ``dataset_options.dataset_options``)."""
+    options = {"num_classes": -3}
+    base = {**TINY, "dataset": "synthetic", "dataset_options": options}
+    message = refusal(config(base=base, grid={"imbalance_ratio": [1, 2]}))
+    assert message == (
+        "config: experiments.e.base.dataset_options: synthetic: num_classes must be an "
+        "integer >= 2, got -3"
     )
 
 

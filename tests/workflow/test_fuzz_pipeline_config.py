@@ -6,8 +6,10 @@ few, through the real ``snakemake -n``.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -226,7 +228,7 @@ def test_the_command_plans_or_refuses_with_one_line(cfg, tmp_path):
     (folder / "taken").write_text("")
     (folder / "bad_plugin_q.py").write_text("raise RuntimeError('broken plugin')\n")
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
-    result = snakemake(folder, "-n", "all", timeout=120)
+    result = snakemake(folder, "-n", "-p", "all", timeout=120)
     lines = [line for line in result.stderr.splitlines() if line.startswith("protolib: config:")]
     assert not any((folder / name).exists() for name in ("results", "out", "a b"))
     sys.path.insert(0, str(folder))  # as the job's PYTHONPATH has it
@@ -240,5 +242,13 @@ def test_the_command_plans_or_refuses_with_one_line(cfg, tmp_path):
         sys.path.remove(str(folder))
     event("accepted")
     assert result.returncode == 0 and not lines, result.stderr[-3000:]
-    listed = set(re.findall(r"runs/([^/\s]+)/summary\.json", result.stdout))
-    assert listed == {rid for r in runs.values() for rid in r}
+    # every planned run is trained by exactly one train job (a batch), with its config
+    specs = [
+        json.loads(shlex.split(spec)[0])
+        for spec in re.findall(r"protolib train --batch - .*<<< (.+?) >", result.stdout)
+    ]
+    trained = [(Path(r["out"]).parent.parent.name, r["config"]) for s in specs for r in s["runs"]]
+    assert sorted((e, c["run_id"]) for e, c in trained) == sorted(
+        (e, rid) for e, r in runs.items() for rid in r
+    )
+    assert all(c == runs[e][c["run_id"]] for e, c in trained)

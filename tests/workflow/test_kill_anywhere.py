@@ -19,28 +19,18 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import tiny_grid
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LAUNCH = ROOT / "workflow" / "scripts" / "launch.py"
 EXPERIMENT = "kill"
-CONFIG = {
-    "experiments": {
-        EXPERIMENT: {
-            "base": {
-                "dataset": "digits",
-                "model": "mlp",
-                "model_options": {"widths": [16], "out_dim": 8},
-                "iterations": 600,
-                "eval_every": 100,
-                "checkpoint_every": 100,
-                "batch_size": 64,
-                "probe_iterations": 0,
-            },
-            "losses": {"ce": {"loss": "ce"}, "supcon": {"loss": "supcon"}},
-            "grid": {"seed": [0]},
-        }
-    }
-}
+CONFIG = tiny_grid(  # long enough to be killed mid-run, a checkpoint every 100 steps
+    {"ce": {"loss": "ce"}, "supcon": {"loss": "supcon"}},
+    {"seed": [0]},
+    experiment=EXPERIMENT,
+    base={"iterations": 600, "eval_every": 100, "checkpoint_every": 100, "batch_size": 64},
+)
 CONFIG_ITERATIONS = CONFIG["experiments"][EXPERIMENT]["base"]["iterations"]
 RUN_IDS = ("ce_R1_p0_s0", "supcon_nw0_R1_p0_s0")
 RUN_TABLES = ("metrics", "geometry", "gamma", "data")

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -18,33 +17,25 @@ from protolib.pipeline import PipelineConfigError, plan
 from protolib.results.aggregate import RUNS_SCHEMA
 from protolib.results.report import report_files
 from protolib.results.schema import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA, read_table
+from tests.conftest import tiny_grid, tiny_run
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-TINY_BASE = {
-    "dataset": "digits",
-    "model": "mlp",
-    "model_options": {"widths": [64], "out_dim": 16},
-    "iterations": 20,
-    "eval_every": 10,
-    "batch_size": 64,
-    "probe_iterations": 5,
-}
+TINY_BASE = tiny_run(
+    model_options={"widths": [64], "out_dim": 16},
+    iterations=20,
+    eval_every=10,
+    batch_size=64,
+    probe_iterations=5,
+)
 
 
 def tiny_config(**extra):
-    config = {
-        "experiments": {
-            "tiny": {
-                "base": dict(TINY_BASE),
-                "losses": {"ce": {"loss": "ce"}, "supcon": {"loss": "supcon"}},
-                "grid": {"n_w": [0, 5], "label_corruption": [0.0, 0.5], "seed": [0]},
-            }
-        }
-    }
-    config.update(extra)
-    return config
+    """Two losses × n_w × label corruption: six runs (n_w is not expanded for ce)."""
+    losses = {"ce": {"loss": "ce"}, "supcon": {"loss": "supcon"}}
+    grid = {"n_w": [0, 5], "label_corruption": [0.0, 0.5], "seed": [0]}
+    return tiny_grid(losses, grid, base=TINY_BASE, **extra)
 
 
 EXPECTED_RUNS = {
@@ -247,44 +238,6 @@ def test_the_command_refuses_a_bad_config(tmp_path):
         "1.5 is greater than the maximum of 1"
     ], result.stderr
     assert not (tmp_path / "results").exists()
-
-
-def test_a_plugin_loss_runs_alongside_the_builtin_ones(tmp_path):
-    (tmp_path / "my_test_plugin.py").write_text(
-        textwrap.dedent(
-            """
-            import torch.nn.functional as F
-            from protolib.losses import Loss, LossNeeds
-            from protolib.registry import LOSSES
-
-
-            @LOSSES.register("cosine_margin")
-            class CosineMargin(Loss):
-                needs = LossNeeds(head="none", normalized=True, prototypes="yes")
-
-                def __init__(self, *, prototypes, margin=0.5):
-                    super().__init__(prototypes=prototypes)
-                    self.margin = margin
-
-                def forward(self, features, labels, *, logits=None):
-                    cos = F.normalize(features, dim=-1) @ self.prototypes.T
-                    own = cos.gather(1, labels[:, None]).squeeze(1)
-                    return {"loss": F.relu(self.margin - own).mean()}
-            """
-        )
-    )
-    config = tiny_config(plugins=["my_test_plugin"])
-    config["experiments"]["tiny"]["losses"] = {
-        "ce": {"loss": "ce"},
-        "margin": {"loss": "cosine_margin", "loss_options": {"margin": 0.8}},
-    }
-    config["experiments"]["tiny"]["grid"] = {"seed": [0]}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(tmp_path, "results/tiny/aggregate/runs.parquet")
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = pd.read_parquet(tmp_path / "results" / "tiny" / "aggregate" / "runs.parquet")
-    assert sorted(runs.run_id) == ["ce_R1_p0_s0", "margin_R1_p0_s0"]
-    assert runs.set_index("run_id").loc["margin_R1_p0_s0", "loss_type"] == "cosine_margin"
 
 
 def test_report_captions_come_from_the_list(pipeline):

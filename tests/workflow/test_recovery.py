@@ -18,29 +18,14 @@ import pytest
 import yaml
 
 from protolib.results.manifest import RUN_FILES
+from tests.conftest import tiny_grid
 from tests.workflow.test_pipeline import job_counts, snakemake
 
 RUN_IDS = ["ce_R1_p0_s0", "ce_R1_p0_s1"]
 TARGET = "results/tiny/tracking.json"  # everything of the experiment, without theory
 #: columns that differ between two trainings of the same run (times, host, process)
 RUN_TO_RUN = {"wall_seconds", "train_seconds", "images_per_second"}
-CONFIG = {
-    "experiments": {
-        "tiny": {
-            "base": {
-                "dataset": "digits",
-                "model": "mlp",
-                "model_options": {"widths": [16], "out_dim": 8},
-                "iterations": 4,
-                "eval_every": 2,
-                "batch_size": 32,
-                "probe_iterations": 0,
-            },
-            "losses": {"ce": {"loss": "ce"}},
-            "grid": {"seed": [0, 1]},
-        }
-    }
-}
+CONFIG = tiny_grid(grid={"seed": [0, 1]})  # two ce runs
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +75,8 @@ def plan(workdir: Path) -> tuple[dict[str, int], list[str], str]:
     text = result.stdout + result.stderr
     if "Nothing to be done" in text:
         return {}, [], result.stderr
-    trained = re.findall(r"output: results/tiny/runs/([^/\s]+)/summary\.json", text)
+    # two short runs on two cores: two train jobs (batches) of one run each, named by it
+    trained = re.findall(r"output: results/tiny/batches/([^/\s]+)\.json", text)
     return job_counts(text), sorted(trained), result.stderr
 
 
@@ -121,6 +107,14 @@ def test_a_corrupt_summary_retrains_its_run_before_any_aggregate(work):
     counts, trained, _ = plan(work)
     assert counts == {"train": 1, **DOWNSTREAM}  # aggregate after train: never on bad input
     assert trained == [RUN_IDS[0]]
+
+
+def test_a_deleted_summary_trains_its_run_again(work):
+    (run_dir(work, RUN_IDS[1]) / "summary.json").unlink()  # the run's batch has finished
+    counts, trained, stderr = plan(work)
+    assert counts == {"train": 1, **DOWNSTREAM}
+    assert trained == [RUN_IDS[1]]
+    assert f"results/tiny/runs/{RUN_IDS[1]} has no summary.json; training it" in stderr
 
 
 def test_a_deleted_store_resyncs_only_tracking(work):

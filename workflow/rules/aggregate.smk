@@ -1,6 +1,8 @@
 # Fan-in: compact every run of an experiment into its query tables (`protolib aggregate`,
 # which verifies each run directory against its config and manifest).
 
+from protolib.results.contract import TABLE_FILES
+
 
 localrules:
     aggregate,
@@ -10,10 +12,7 @@ rule aggregate:
     input:
         batch_markers,
     output:
-        runs=f"{RESULTS}/{{experiment}}/aggregate/runs.parquet",
-        metrics=f"{RESULTS}/{{experiment}}/aggregate/metrics.parquet",
-        geometry=f"{RESULTS}/{{experiment}}/aggregate/geometry.parquet",
-        gamma=f"{RESULTS}/{{experiment}}/aggregate/gamma.parquet",
+        **{name: f"{RESULTS}/{{experiment}}/aggregate/{file}" for name, file in TABLE_FILES.items()},
     log:
         f"{RESULTS}/{{experiment}}/logs/aggregate.log",
     params:

@@ -12,6 +12,7 @@ from pathlib import Path
 from protolib import resources
 from protolib.batching import plan_batches
 from protolib.pipeline import PipelineConfigError, plan, read_config_file
+from protolib.train.config import RUN_ID_PATTERN
 
 
 def _fail(error):
@@ -57,10 +58,13 @@ RESULTS = PLAN.results
 
 def _slots():
     """Train jobs that should run at once: the cores here; on a cluster, where a job costs a
-    scheduler round trip, as few as ``batch_seconds`` allows (protolib.batching)."""
-    if workflow.local_exec:
-        return workflow.global_resources["_cores"].value or 1
-    return 1
+    scheduler round trip, as few as ``batch_seconds`` allows (protolib.batching). The
+    executor is not known while the Snakefile is read, but `--jobs` is set (and `--cores`
+    ignored) for a cluster only, in dry runs too; and the process a cluster job starts,
+    which reads the Snakefile again to find its batch, must plan the same batches."""
+    if workflow.nodes or not workflow.is_main_process:
+        return 1
+    return workflow.global_resources["_cores"].value or 1
 
 
 # The train jobs: {experiment: {batch name: Batch}}; each trains its runs in one process.
@@ -72,7 +76,7 @@ BATCHES = {
 
 wildcard_constraints:
     experiment="|".join(re.escape(name) for name in RUNS),
-    batch="[A-Za-z0-9][A-Za-z0-9._=,+-]*",
+    batch=RUN_ID_PATTERN.pattern.strip("^$"),  # a batch is named after its first run
 
 
 def run_dir(experiment, run_id):

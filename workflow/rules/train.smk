@@ -20,7 +20,8 @@
 # workflow really starts, the stale outputs are first moved to <run>/.corrupt/<timestamp>/.
 
 from protolib.batching import stale_reason
-from protolib.results.manifest import SUMMARY, quarantine
+from protolib.results.contract import SUMMARY
+from protolib.results.manifest import quarantine
 
 
 def force_rerun(files):

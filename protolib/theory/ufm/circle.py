@@ -10,18 +10,12 @@ from torch import Tensor
 from protolib.geometry import delta_g, gamma_distributions, target_gram
 from protolib.losses.supcon import supcon_loss
 from protolib.theory.ufm.core import (
-    TABLE_COLUMNS,
-    TRACE_COLUMNS,
-    Fit,
-    Rows,
+    Tables,
     UFMResult,
-    add_trace,
+    angle_starts,
     balanced_labels,
-    best_of,
-    fit_lbfgs,
-    gamma_checks,
+    best_fit,
     on_circle,
-    random_angles,
 )
 
 
@@ -57,7 +51,6 @@ def supcon_circle(
     (steps taken + 1, N) — the unwrapped angles at the start and after every step (take
     them mod 2π to plot). Trace: ``loss``, ``within_gamma_min`` and ``delta_g_etf`` per step.
     """
-    name = "supcon_circle"
     setting = f"tau={tau:g}"
     K = num_classes
     y = balanced_labels(K, points_per_class)
@@ -72,34 +65,31 @@ def supcon_circle(
         within = float(gamma_distributions(h, y)["within"].min())
         return [("within_gamma_min", within), ("delta_g_etf", delta_g(h, y, etf))]
 
-    def fit(init: list[Tensor]) -> Fit:
-        return fit_lbfgs(
-            init,
-            objective,
-            max_steps=steps,
-            iters_per_step=iters_per_step,
-            monitor=monitor,
-            keep_history=True,
-        )
-
-    best, info = best_of(starts, seed, lambda g: [random_angles(N, g)], fit)
+    best, info = best_fit(
+        objective,
+        angle_starts(N),
+        starts,
+        seed,
+        steps,
+        iters_per_step,
+        monitor=monitor,
+        keep_history=True,
+    )
     angles = best.params[0]
     h = on_circle(angles)
     n = points_per_class
     simplex_loss = math.log(n - 1 + (N - n) * math.exp(-K / ((K - 1) * tau)))
-    table, trace = Rows(), Rows()
-    table.add(name, setting, "final_loss", best.loss)
-    table.add(name, setting, "simplex_loss", simplex_loss)
-    table.add(name, setting, "gap", best.loss - simplex_loss)
-    gamma_checks(table, name, setting, h, y, K)
-    table.add(name, setting, "steps", len(best.history) - 1)
-    for quantity, value in info.items():
-        table.add(name, setting, quantity, value)
-    add_trace(trace, setting, best)
+    out = Tables("supcon_circle")
+    out.add(setting, "final_loss", best.loss)
+    out.add(setting, "simplex_loss", simplex_loss)
+    out.add(setting, "gap", best.loss - simplex_loss)
+    out.add_gamma_checks(setting, h, y, K)
+    out.add(setting, "steps", len(best.history) - 1)
+    out.add_fit(setting, best, info)
     final = {
         "embeddings": h.numpy(),
         "labels": y.numpy(),
         "angles": angles.numpy().copy(),
         "angles_history": np.stack(best.history),
     }
-    return UFMResult(table.frame(TABLE_COLUMNS), final, trace.frame(TRACE_COLUMNS))
+    return out.result(final)

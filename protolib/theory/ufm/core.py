@@ -193,20 +193,69 @@ def best_of(
     return fits[best], info
 
 
-def add_trace(rows: Rows, setting: str, fit: Fit) -> None:
-    for step, quantity, value in fit.trace:
-        rows.add(step, setting, quantity, value)
+def best_fit(
+    objective: Callable[[list[Tensor]], Tensor],
+    draw: Callable[[torch.Generator], list[Tensor]],
+    starts: int,
+    seed: int,
+    max_steps: int,
+    iters_per_step: int,
+    *,
+    monitor: Monitor | None = None,
+    keep_history: bool = False,
+) -> tuple[Fit, dict[str, float]]:
+    """:func:`fit_lbfgs` of ``objective`` from each of :func:`best_of`'s ``starts`` (drawn
+    by ``draw`` from ``seed``); the best fit and the table quantities of the starts."""
+
+    def fit(init: list[Tensor]) -> Fit:
+        return fit_lbfgs(
+            init,
+            objective,
+            max_steps=max_steps,
+            iters_per_step=iters_per_step,
+            monitor=monitor,
+            keep_history=keep_history,
+        )
+
+    return best_of(starts, seed, draw, fit)
 
 
-def gamma_checks(rows: Rows, name: str, setting: str, h: Tensor, y: Tensor, K: int) -> None:
-    """Within-class spread, class-mean separation and Δ_G against the ETF."""
-    gammas = gamma_distributions(h, y, num_classes=K)
-    rows.add(name, setting, "within_gamma_min", gammas["within"].min())
-    pairs = torch.triu_indices(K, K, offset=1).T.tolist()
-    for (i, j), gamma in zip(pairs, gammas["class_means"].tolist(), strict=True):
-        rows.add(name, setting, f"class_mean_gamma_{i}_{j}", gamma)
-    target = simplex_gamma(K)
-    rows.add(name, setting, "class_mean_gamma_target", target)
-    error = (gammas["class_means"] - target).abs().max()
-    rows.add(name, setting, "class_mean_gamma_max_error", error)
-    rows.add(name, setting, "delta_g_etf", delta_g(h, y, target_gram("etf", K)))
+def angle_starts(n: int) -> Callable[[torch.Generator], list[Tensor]]:
+    """A ``draw`` for :func:`best_fit`: ``n`` uniformly random angles."""
+    return lambda generator: [random_angles(n, generator)]
+
+
+class Tables:
+    """The table and trace of one simulation's :class:`UFMResult`, filled per setting."""
+
+    def __init__(self, simulation: str) -> None:
+        self.simulation = simulation
+        self.table, self.trace = Rows(), Rows()
+
+    def add(self, setting: str, quantity: str, value: float) -> None:
+        """One row of the table."""
+        self.table.add(self.simulation, setting, quantity, value)
+
+    def add_fit(self, setting: str, fit: Fit, starts: dict[str, float]) -> None:
+        """The quantities of the starts (:func:`best_of`) and the fit's trace."""
+        for quantity, value in starts.items():
+            self.add(setting, quantity, value)
+        for step, quantity, value in fit.trace:
+            self.trace.add(step, setting, quantity, value)
+
+    def add_gamma_checks(self, setting: str, h: Tensor, y: Tensor, K: int) -> None:
+        """Within-class spread, class-mean separation and Δ_G against the ETF."""
+        gammas = gamma_distributions(h, y, num_classes=K)
+        self.add(setting, "within_gamma_min", gammas["within"].min())
+        pairs = torch.triu_indices(K, K, offset=1).T.tolist()
+        for (i, j), gamma in zip(pairs, gammas["class_means"].tolist(), strict=True):
+            self.add(setting, f"class_mean_gamma_{i}_{j}", gamma)
+        target = simplex_gamma(K)
+        self.add(setting, "class_mean_gamma_target", target)
+        error = (gammas["class_means"] - target).abs().max()
+        self.add(setting, "class_mean_gamma_max_error", error)
+        self.add(setting, "delta_g_etf", delta_g(h, y, target_gram("etf", K)))
+
+    def result(self, final: dict[str, np.ndarray]) -> UFMResult:
+        """The :class:`UFMResult` of the rows added and ``final``."""
+        return UFMResult(self.table.frame(TABLE_COLUMNS), final, self.trace.frame(TRACE_COLUMNS))

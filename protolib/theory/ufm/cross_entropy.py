@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -11,16 +11,10 @@ from torch import Tensor
 from protolib.theory.bounds import ce_l2_bound
 from protolib.theory.ufm.core import (
     DTYPE,
-    TABLE_COLUMNS,
-    TRACE_COLUMNS,
-    Fit,
-    Rows,
+    Tables,
     UFMResult,
-    add_trace,
     balanced_labels,
-    best_of,
-    fit_lbfgs,
-    gamma_checks,
+    best_fit,
     on_circle,
     random_angles,
 )
@@ -60,10 +54,9 @@ def ce_l2(
     Final: ``labels`` (N,), and per ``λ`` ``"lambda=<λ>/embeddings"`` (N, 2),
     ``"lambda=<λ>/classifier"`` (K, 2). Trace: the loss per step (quantity ``"loss"``).
     """
-    name = "ce_l2"
     K = num_classes
     y = balanced_labels(K, points_per_class)
-    table, trace, final = Rows(), Rows(), {"labels": y.numpy()}
+    out, final = Tables("ce_l2"), {"labels": y.numpy()}
 
     def draw(generator: torch.Generator) -> list[Tensor]:
         angles = random_angles(y.numel(), generator)
@@ -78,24 +71,19 @@ def ce_l2(
             logits = on_circle(angles, rho) @ weight.T
             return F.cross_entropy(logits, y) + lam * weight.square().sum()
 
-        def fit(init: list[Tensor], objective: Callable = objective) -> Fit:
-            return fit_lbfgs(init, objective, max_steps=max_steps, iters_per_step=iters_per_step)
-
-        best, info = best_of(starts, seed, draw, fit)
+        best, info = best_fit(objective, draw, starts, seed, max_steps, iters_per_step)
         bound, r_star = ce_l2_bound(K, rho, lam)
         h, w = on_circle(best.params[0], rho), best.params[1]
         mean_w_norm = float(w.norm(dim=1).mean())
-        table.add(name, setting, "attained", best.loss)
-        table.add(name, setting, "bound", bound)
-        table.add(name, setting, "gap", best.loss - bound)
-        table.add(name, setting, "rel_gap", (best.loss - bound) / abs(bound))
-        table.add(name, setting, "mean_w_norm", mean_w_norm)
-        table.add(name, setting, "r_star", r_star)
-        table.add(name, setting, "w_norm_rel_error", abs(mean_w_norm - r_star) / r_star)
-        gamma_checks(table, name, setting, h, y, K)
-        for quantity, value in info.items():
-            table.add(name, setting, quantity, value)
-        add_trace(trace, setting, best)
+        out.add(setting, "attained", best.loss)
+        out.add(setting, "bound", bound)
+        out.add(setting, "gap", best.loss - bound)
+        out.add(setting, "rel_gap", (best.loss - bound) / abs(bound))
+        out.add(setting, "mean_w_norm", mean_w_norm)
+        out.add(setting, "r_star", r_star)
+        out.add(setting, "w_norm_rel_error", abs(mean_w_norm - r_star) / r_star)
+        out.add_gamma_checks(setting, h, y, K)
+        out.add_fit(setting, best, info)
         final[f"{setting}/embeddings"] = h.numpy()
         final[f"{setting}/classifier"] = w.numpy()
-    return UFMResult(table.frame(TABLE_COLUMNS), final, trace.frame(TRACE_COLUMNS))
+    return out.result(final)

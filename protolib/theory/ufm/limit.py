@@ -12,9 +12,7 @@ from protolib.geometry import class_mean_gram, class_means, delta_g, make_protot
 from protolib.losses.limit import supcon_limit_loss, supcon_limit_paper_loss
 from protolib.theory.ufm.core import (
     DTYPE,
-    TABLE_COLUMNS,
-    TRACE_COLUMNS,
-    Rows,
+    Tables,
     UFMResult,
     balanced_labels,
     fit_lbfgs,
@@ -67,11 +65,10 @@ def limit_geometries(
     ``include_paper``; and ``labels`` (N,). Trace: the mean loss per step, quantity
     ``"loss"`` (``"loss_paper"``), setting ``"geometry=<name>"``.
     """
-    name = "limit_geometries"
     K = num_classes
     y = balanced_labels(K, points_per_class)
     N = y.numel()
-    table, trace, final = Rows(), Rows(), {"labels": y.numpy()}
+    out, final = Tables("limit_geometries"), {"labels": y.numpy()}
     variants: dict[str, Callable[..., dict[str, Tensor]]] = {"": supcon_limit_loss}
     if include_paper:
         variants["_paper"] = supcon_limit_paper_loss
@@ -91,13 +88,13 @@ def limit_geometries(
             fit = fit_lbfgs([start], objective, max_steps=max_steps, iters_per_step=iters_per_step)
             h = F.normalize(fit.params[0], dim=1)
             distance = (h - prototypes[y]).norm(dim=1).max()
-            table.add(name, setting, f"delta_g{suffix}", delta_g(h, y, target))
-            table.add(name, setting, f"final_loss{suffix}", fit.loss / N)
-            table.add(name, setting, f"max_dist_to_prototype{suffix}", distance)
+            out.add(setting, f"delta_g{suffix}", delta_g(h, y, target))
+            out.add(setting, f"final_loss{suffix}", fit.loss / N)
+            out.add(setting, f"max_dist_to_prototype{suffix}", distance)
             for step, _, value in fit.trace:
-                trace.add(step, setting, f"loss{suffix}", value / N)
+                out.trace.add(step, setting, f"loss{suffix}", value / N)
             final[f"{geometry}/class_mean_gram{suffix}"] = class_mean_gram(h, y, K).numpy()
             if not suffix:
                 final[f"{geometry}/embeddings"] = h.numpy()
                 final[f"{geometry}/class_means"] = class_means(h, y, K).numpy()
-    return UFMResult(table.frame(TABLE_COLUMNS), final, trace.frame(TRACE_COLUMNS))
+    return out.result(final)

@@ -10,18 +10,12 @@ from torch import Tensor
 from protolib.theory.bounds import supcon_lower_bound
 from protolib.theory.ufm.core import (
     DTYPE,
-    TABLE_COLUMNS,
-    TRACE_COLUMNS,
-    Fit,
-    Rows,
+    Tables,
     UFMResult,
-    add_trace,
+    angle_starts,
     balanced_labels,
-    best_of,
-    fit_lbfgs,
-    gamma_checks,
+    best_fit,
     on_circle,
-    random_angles,
 )
 
 
@@ -125,7 +119,6 @@ def supcon_all_multisets(
     ``batch_losses`` (M,) in the order of :func:`multiset_counts`, ``hist_counts`` (bins,),
     ``hist_edges`` (bins + 1,). Trace: the mean batch loss per step (``"loss"``).
     """
-    name = "supcon_all_multisets"
     setting = f"rho={rho:g}"
     K = num_classes
     y = balanced_labels(K, points_per_class)
@@ -136,31 +129,26 @@ def supcon_all_multisets(
     def objective(params: list[Tensor]) -> Tensor:
         return multiset_supcon_losses(on_circle(params[0]), y, counts, tau=tau).mean()
 
-    def fit(init: list[Tensor]) -> Fit:
-        return fit_lbfgs(init, objective, max_steps=max_steps, iters_per_step=iters_per_step)
-
-    best, info = best_of(starts, seed, lambda g: [random_angles(N, g)], fit)
+    best, info = best_fit(objective, angle_starts(N), starts, seed, max_steps, iters_per_step)
     angles = best.params[0]
     h = on_circle(angles)
     batch_losses = multiset_supcon_losses(h, y, counts, tau=tau)
     bound = supcon_lower_bound(N, K, batch_size, rho)
-    table, trace = Rows(), Rows()
-    table.add(name, setting, "attained_mean", best.loss)
-    table.add(name, setting, "bound_mean", bound)
-    table.add(name, setting, "gap", best.loss - bound)
-    table.add(name, setting, "rel_gap", (best.loss - bound) / abs(bound))
-    table.add(name, setting, "attained_total", batch_losses.sum())
+    out = Tables("supcon_all_multisets")
+    out.add(setting, "attained_mean", best.loss)
+    out.add(setting, "bound_mean", bound)
+    out.add(setting, "gap", best.loss - bound)
+    out.add(setting, "rel_gap", (best.loss - bound) / abs(bound))
+    out.add(setting, "attained_total", batch_losses.sum())
     bound_total = supcon_lower_bound(N, K, batch_size, rho, per_batch=False)
-    table.add(name, setting, "bound_total", bound_total)
-    table.add(name, setting, "num_multisets", counts.shape[0])
-    gamma_checks(table, name, setting, h, y, K)
-    for quantity, value in info.items():
-        table.add(name, setting, quantity, value)
+    out.add(setting, "bound_total", bound_total)
+    out.add(setting, "num_multisets", counts.shape[0])
+    out.add_gamma_checks(setting, h, y, K)
+    out.add_fit(setting, best, info)
     losses = batch_losses.numpy()
     hist_counts, hist_edges = np.histogram(losses, bins=bins)
     for centre, count in zip((hist_edges[:-1] + hist_edges[1:]) / 2, hist_counts, strict=True):
-        table.add(name, f"bin_centre={centre:.6g}", "hist_count", count)
-    add_trace(trace, setting, best)
+        out.add(f"bin_centre={centre:.6g}", "hist_count", count)
     final = {
         "embeddings": (rho * h).numpy(),
         "labels": y.numpy(),
@@ -169,4 +157,4 @@ def supcon_all_multisets(
         "hist_counts": hist_counts,
         "hist_edges": hist_edges,
     }
-    return UFMResult(table.frame(TABLE_COLUMNS), final, trace.frame(TRACE_COLUMNS))
+    return out.result(final)
