@@ -13,8 +13,9 @@ or shutdown cost at all). Then the aggregate tables of the two sides are compare
 row, timing and provenance columns excluded.
 
 The baseline (default ``HEAD``: when measuring uncommitted work, the previous commit) is
-exported with ``git archive`` into a temporary folder; both sides use this virtual
-environment.
+exported with ``git archive`` into a temporary folder. Both sides use this virtual
+environment's packages through a bare venv of their own (its site-packages named in a
+``.pth`` file, so that this checkout's editable install does not shadow the side's code).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import tomllib
@@ -32,7 +34,6 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 TABLES = ("runs", "metrics", "geometry", "gamma")
 #: columns that differ between two identical runs (time, host, code revision)
 VOLATILE = {"wall_seconds", "train_seconds", "images_per_second", "git_revision"}
@@ -60,24 +61,47 @@ def export(rev: str, target: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
 
 
+def side_python(work: Path) -> Path:
+    """A bare venv whose site-packages are this venv's, without the editable install's
+    import hook (``.pth`` files of an added path are not run): ``PYTHONPATH`` decides."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(work / "venv")], check=True)
+    ours = Path(sysconfig.get_paths()["purelib"])
+    theirs = Path(
+        subprocess.run(
+            [
+                str(work / "venv" / "bin" / "python"),
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    (theirs / "protolib-bench.pth").write_text(f"{ours}\n")
+    return work / "venv" / "bin" / "python"
+
+
 def run_side(name: str, tree: Path, work: Path, cores: int) -> dict:
     """`snakemake --cores N all` on the default config with ``tree``'s code."""
     shim_dir = work / "bin"
     shim_dir.mkdir(parents=True)
+    python = side_python(work)
     shim = shim_dir / "protolib"
     entry = tomllib.loads((tree / "pyproject.toml").read_text())["project"]["scripts"]["protolib"]
     module, function = entry.split(":")
-    shim.write_text(SHIM.format(python=sys.executable, module=module, function=function))
+    shim.write_text(SHIM.format(python=str(python), module=module, function=function))
     shim.chmod(0o755)
     times = work / "times.jsonl"
     env = {
         **os.environ,
-        "PATH": f"{shim_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PATH": f"{shim_dir}{os.pathsep}{python.parent}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(tree),
         "PROTOLIB_BENCH_TIMES": str(times),
     }
     check = subprocess.run(
-        [sys.executable, "-c", "import protolib; print(protolib.__file__)"],
+        [str(python), "-c", "import protolib; print(protolib.__file__)"],
+        cwd=work,  # not this checkout: `-c` and `-m` put the working directory first
         env=env,
         capture_output=True,
         text=True,
@@ -86,7 +110,9 @@ def run_side(name: str, tree: Path, work: Path, cores: int) -> dict:
     assert check.startswith(str(tree)), f"{name}: protolib imported from {check}"
     (work / "config.yaml").write_bytes((tree / "config.yaml").read_bytes())
     command = [
-        str(BIN / "snakemake"),
+        str(python),
+        "-m",
+        "snakemake",
         "--snakefile",
         str(tree / "Snakefile"),
         "--directory",
@@ -97,7 +123,7 @@ def run_side(name: str, tree: Path, work: Path, cores: int) -> dict:
     ]
     print(f"{name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{name}: snakemake failed:\n{result.stderr[-3000:]}")
