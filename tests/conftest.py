@@ -2,7 +2,6 @@
 
 import copy
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -56,37 +55,3 @@ def tiny_grid(
 def tiny():
     """The factories: ``tiny.run(**overrides)`` and ``tiny.grid(losses, grid, ...)``."""
     return SimpleNamespace(run=tiny_run, grid=tiny_grid)
-
-
-# -- order: the longest modules first -----------------------------------------------------
-# pytest-xdist hands each worker whole modules in collection order; a long module that
-# comes last runs alone at the end while the other workers idle. These modules start real
-# pipelines, clusters or servers (tens of seconds each, measured): they go first, the
-# longest first, so that the short modules fill in around them.
-SLOW_MODULES = (
-    "tests/slurm/test_cluster.py",
-    "tests/test_docs.py",
-    "tests/workflow/test_pipeline.py",
-    "tests/workflow/test_kill_anywhere.py",
-    "tests/workflow/test_recovery.py",
-    "tests/train/test_run.py",
-    "tests/workflow/test_fuzz_pipeline_config.py",
-    "tests/theory/test_ufm.py",
-    "tests/workflow/test_batches.py",
-    "tests/test_cli_commands.py",
-    "tests/train/test_batch.py",
-    "tests/test_extensions.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    root = Path(__file__).resolve().parents[1]
-    missing = [m for m in SLOW_MODULES if not (root / m).is_file()]
-    if missing:  # a renamed module would silently lose its place
-        raise pytest.UsageError(f"tests/conftest.py SLOW_MODULES names missing files: {missing}")
-
-    def rank(item) -> int:
-        path = item.nodeid.split("::")[0]
-        return SLOW_MODULES.index(path) if path in SLOW_MODULES else len(SLOW_MODULES)
-
-    items.sort(key=rank)  # stable: the order inside a module and among the rest is kept

@@ -62,6 +62,23 @@ def _check_positive(name: str, value: int) -> int:
     return value
 
 
+def _checked(
+    cls: type[nn.Module],
+    in_shape: Sequence[int],
+    name: str,
+    sizes: Sequence[int],
+    out_dim: int,
+    *,
+    allow_empty: bool,
+) -> nn.Module:
+    """``cls(in_shape, sizes, out_dim)`` after checking each (``name`` names ``sizes``)."""
+    return cls(
+        check_in_shape(in_shape),
+        _check_widths(name, sizes, allow_empty=allow_empty),
+        _check_positive("out_dim", out_dim),
+    )
+
+
 def _init_conv_bn(module: nn.Module) -> None:
     """He (fan-out) initialisation of convolutions; batch norms start as the identity."""
     for m in module.modules():
@@ -103,12 +120,7 @@ class MLP(nn.Module):
 @MODELS.register("mlp", gpu_seconds_per_sample=2e-5, cpu_seconds_per_sample=2e-5)
 def mlp(*, in_shape: Sequence[int], widths: Sequence[int] = (512, 512), out_dim: int = 128) -> MLP:
     """A multilayer perceptron on the flattened image (the default for 1×8×8 digits)."""
-    shape = check_in_shape(in_shape)
-    return MLP(
-        shape,
-        _check_widths("widths", widths, allow_empty=True),
-        _check_positive("out_dim", out_dim),
-    )
+    return _checked(MLP, in_shape, "widths", widths, out_dim, allow_empty=True)
 
 
 class SmallCNN(nn.Module):
@@ -143,12 +155,7 @@ def cnn_small(
     *, in_shape: Sequence[int], channels: Sequence[int] = (32, 64), out_dim: int = 128
 ) -> SmallCNN:
     """A small convolutional net for tiny images."""
-    shape = check_in_shape(in_shape)
-    return SmallCNN(
-        shape,
-        _check_widths("channels", channels, allow_empty=False),
-        _check_positive("out_dim", out_dim),
-    )
+    return _checked(SmallCNN, in_shape, "channels", channels, out_dim, allow_empty=False)
 
 
 # --------------------------------------------------------------------------- ResNets

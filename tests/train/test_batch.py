@@ -20,20 +20,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from protolib.train import command
+from tests.conftest import tiny_run
 
 # `protolib train ARGS` in a fresh interpreter: the command's own parser, and
 # protolib.train.command.run, which the console script's `train` runs
 TRAIN = [sys.executable, "-m", "protolib.cli", "train"]
-TINY = {
-    "model": "mlp",
-    "model_options": {"widths": [16], "out_dim": 10},
-    "iterations": 30,
-    "eval_every": 10,
-    "checkpoint_every": 10,
-    "batch_size": 32,
-    "probe_iterations": 0,
-    "threads": 1,
-}
+TINY = tiny_run(
+    model_options={"widths": [16], "out_dim": 10},
+    iterations=30,
+    eval_every=10,
+    checkpoint_every=10,
+    threads=1,
+)
 RUNS = {  # three losses and seeds; the last sets no threads (torch's default, as alone)
     "ce": {**TINY, "loss": "ce", "seed": 1, "label_corruption": 0.2},
     "supcon": {

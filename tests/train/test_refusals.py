@@ -19,18 +19,10 @@ import torch
 
 from protolib.cli import main as cli_main
 from protolib.train import ConfigError, RunConfig, prepare
+from tests.conftest import tiny_run
 
 # a tiny valid run (about half a second in-process)
-TINY = {
-    "model": "mlp",
-    "model_options": {"widths": [16], "out_dim": 8},
-    "iterations": 30,
-    "eval_every": 10,
-    "checkpoint_every": 10,
-    "batch_size": 32,
-    "probe_iterations": 0,
-    "threads": 1,
-}
+TINY = tiny_run(iterations=30, eval_every=10, checkpoint_every=10, threads=1)
 
 
 def write_json_text(path: Path, text: str) -> Path:

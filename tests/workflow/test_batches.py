@@ -7,19 +7,9 @@ import json
 
 import yaml
 
-from tests.workflow.test_pipeline import job_counts, snakemake, tiny_config
+from tests.workflow.test_pipeline import job_counts, snakemake
 
 TARGET = "results/tiny/aggregate/runs.parquet"
-
-
-def config(ce_options: dict) -> dict:
-    config = tiny_config()
-    config["experiments"]["tiny"]["losses"] = {
-        "ce": {"loss": "ce", "loss_options": ce_options},
-        "supcon": {"loss": "supcon"},
-    }
-    config["experiments"]["tiny"]["grid"] = {"seed": [0, 1]}
-    return config
 
 
 def stamps(runs) -> dict[str, int]:
@@ -30,7 +20,11 @@ def stamps(runs) -> dict[str, int]:
     }
 
 
-def test_a_failing_run_loses_nothing_and_only_changed_runs_train_again(tmp_path):
+def test_a_failing_run_loses_nothing_and_only_changed_runs_train_again(tmp_path, tiny):
+    def config(ce_options: dict) -> dict:
+        losses = {"ce": {"loss": "ce", "loss_options": ce_options}, "supcon": {"loss": "supcon"}}
+        return tiny.grid(losses, {"seed": [0, 1]}, base={"iterations": 20})
+
     runs = tmp_path / "results" / "tiny" / "runs"
     # an option the loss does not take is only found when the run is built: ce fails
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config({"bogus": 1})))
