@@ -59,13 +59,14 @@ def main() -> None:
         "seed": list(range(k)),
     }
     config = {
+        "batch_seconds": 0,  # one run per train job: a 10 000-job DAG, as the bare Snakefile
         "experiments": {
             "scale": {
                 "base": {"iterations": 10},
                 "losses": {"supcon": {"loss": "supcon"}},
                 "grid": grid,
             }
-        }
+        },
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "protolib"

@@ -92,7 +92,8 @@ def plan_batches(
         for chunk in chunks:
             members = tuple(ids[short[i]] for i in chunk)
             batches.append(Batch(_name(members), members, sum(seconds[short[i]] for i in chunk)))
-    return {b.name: b for b in sorted(batches, key=lambda b: list(runs).index(b.runs[0]))}
+    order = {run_id: i for i, run_id in enumerate(runs)}
+    return {b.name: b for b in sorted(batches, key=lambda b: order[b.runs[0]])}
 
 
 def stale_reason(run_dir: str, config: Mapping[str, Any]) -> str | None:
@@ -112,7 +113,8 @@ def stale_reason(run_dir: str, config: Mapping[str, Any]) -> str | None:
             trained = json.loads(handle.read())
     except (OSError, ValueError) as error:
         return f"{path} cannot be read ({error})"
-    planned = json.loads(json.dumps(RunConfig.from_dict(dict(config)).to_dict()))
+    # the planned runs were validated when planned: only their full form is needed here
+    planned = json.loads(json.dumps(RunConfig.unchecked(dict(config)).to_dict()))
     if trained != planned:
         changed = sorted(k for k in set(trained) | set(planned) if trained.get(k) != planned.get(k))
         return f"{path} holds another config than the experiment's ({', '.join(changed)} differ)"

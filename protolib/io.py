@@ -76,3 +76,17 @@ def write_error(error: OSError, out: str | Path, what: str) -> str:
         )
     where = f" ({error.filename})" if error.filename else ""
     return f"cannot write {what} {out}{where}: {reason}"
+
+
+def one_line(
+    error: BaseException | str, limit: int | None = None, *, with_type: bool = False
+) -> str:
+    """``error`` (an exception or a message) with its white space folded onto one line: an
+    exception without a message is its type's name; ``with_type`` puts ``Type: `` first;
+    ``limit`` cuts it to that many characters (ending in ``…``)."""
+    text = " ".join(str(error).split())
+    if isinstance(error, BaseException) and (with_type or not text):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text

@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
+from protolib.io import one_line
+
 T = TypeVar("T", bound=Callable[..., Any])
 
 #: a rule for one fact: (is this value allowed?, what is allowed, in words)
@@ -276,7 +278,7 @@ def load_plugins(
             importlib.import_module(module)
         except (Exception, SystemExit) as error:
             raise ImportError(
-                f"plugin module {module!r} could not be imported: {_one_line(error)}"
+                f"plugin module {module!r} could not be imported: {one_line(error, with_type=True)}"
             ) from error
     for entry in entry_points(group=entry_point_group):
         try:
@@ -284,14 +286,8 @@ def load_plugins(
         except (Exception, SystemExit) as error:
             raise ImportError(
                 f"plugin entry point {entry.name!r} ({entry.value}, group {entry_point_group!r}) "
-                f"could not be loaded: {_one_line(error)}"
+                f"could not be loaded: {one_line(error, with_type=True)}"
             ) from error
-
-
-def _one_line(error: BaseException) -> str:
-    """``Type: message`` of ``error`` on one line (a plugin's error may span several)."""
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _positive_number(value: Any) -> bool:

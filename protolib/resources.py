@@ -96,11 +96,11 @@ def training_seconds(run: Mapping[str, Any]) -> float:
     return training + evaluating
 
 
-def runtime_minutes(runs: Mapping[str, Any] | Sequence[Mapping[str, Any]], attempt: int = 1) -> int:
-    """The SLURM time limit in minutes of a job training ``runs`` (one run config, or a
-    batch's, one after another): ``SAFETY`` × the estimate (one start-up, every run's
-    training), or PROTOLIB_SLURM_TRAIN_RUNTIME when set; either way × the attempt number
-    (a retry gets longer)."""
+def runtime_minutes(runs: Sequence[Mapping[str, Any]], attempt: int = 1) -> int:
+    """The SLURM time limit in minutes of a train job, which trains ``runs`` (run configs)
+    one after another: ``SAFETY`` × the estimate (one start-up, every run's training), or
+    PROTOLIB_SLURM_TRAIN_RUNTIME when set; either way × the attempt number (a retry gets
+    longer)."""
     override = _env("TRAIN_RUNTIME")
     if override:
         try:
@@ -110,8 +110,7 @@ def runtime_minutes(runs: Mapping[str, Any] | Sequence[Mapping[str, Any]], attem
                 f"{ENV_PREFIX}TRAIN_RUNTIME must be a whole number of minutes, got {override!r}"
             ) from None
     else:
-        batch = [runs] if isinstance(runs, Mapping) else list(runs)
-        seconds = START_UP_SECONDS + sum(training_seconds(run) for run in batch)
+        seconds = START_UP_SECONDS + sum(training_seconds(run) for run in runs)
         base = math.ceil(SAFETY * seconds / 60)
     return base * max(1, int(attempt))
 

@@ -2,9 +2,6 @@
 
 import copy
 import os
-from types import SimpleNamespace
-
-import pytest
 
 # `make test` runs the suite on one pytest-xdist worker per core: one intra-op thread per
 # worker (and for the processes the tests start), or the workers' thread pools fight over
@@ -49,9 +46,3 @@ def tiny_grid(
     if grid:
         spec["grid"] = copy.deepcopy(grid)
     return {**copy.deepcopy(config), "experiments": {experiment: spec}}
-
-
-@pytest.fixture
-def tiny():
-    """The factories: ``tiny.run(**overrides)`` and ``tiny.grid(losses, grid, ...)``."""
-    return SimpleNamespace(run=tiny_run, grid=tiny_grid)

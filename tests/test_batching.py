@@ -5,12 +5,18 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from protolib import resources
 from protolib.batching import plan_batches, stale_reason
 from protolib.train.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def grid(iterations: list[int], **extra) -> dict[str, dict]:
@@ -82,11 +88,29 @@ def test_runs_asking_for_other_resources_never_share_a_job():
     assert sorted(b.runs for b in batches.values()) == [("c0", "c1"), ("r0", "r1")]
 
 
-def test_the_plan_is_deterministic():
-    runs = grid([100, 200, 300, 400, 500])
-    first = plan_batches(runs, batch_seconds=1.0, slots=3)
-    for _ in range(3):
-        assert plan_batches(dict(runs), batch_seconds=1.0, slots=3) == first
+def test_every_process_plans_the_same_batches():
+    """A cluster job reads the Snakefile again in a new process (another hash seed) and
+    must find the batch its main process planned."""
+    script = (
+        "import json; from protolib.batching import plan_batches; "
+        "from tests.test_batching import grid; "
+        "b = plan_batches(grid([100, 200, 300, 400, 500]), batch_seconds=1.0, slots=3); "
+        "print(json.dumps({n: list(x.runs) for n, x in b.items()}))"
+    )
+    plans = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    here = plan_batches(grid([100, 200, 300, 400, 500]), batch_seconds=1.0, slots=3)
+    expected = {name: list(batch.runs) for name, batch in here.items()}
+    assert json.loads(plans[0]) == json.loads(plans[1]) == expected
 
 
 def test_brute_force_balance_on_tiny_cases():
@@ -127,3 +151,12 @@ def test_stale_reason_names_a_damaged_or_reconfigured_run_only(tmp_path):
     assert "iterations differ" in stale_reason(str(folder), {**config, "iterations": 51})
     (folder / "gamma.parquet").write_bytes(b"x" * 3)
     assert "gamma.parquet is 3 bytes" in stale_reason(str(folder), config)
+
+
+def test_the_config_schema_documents_the_default_batch_seconds():
+    import yaml
+
+    from protolib.batching import BATCH_SECONDS
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["batch_seconds"]["default"] == BATCH_SECONDS

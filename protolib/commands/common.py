@@ -14,11 +14,6 @@ def fail(command: str, message: str) -> int:
     return 2
 
 
-def one_line(error: BaseException) -> str:
-    """The message of ``error`` with its white space folded onto one line."""
-    return " ".join(str(error).split())
-
-
 def folder_problem(path: str | Path, what: str) -> str | None:
     """Why the folder ``path`` could not be created or written (``None`` when it can):
     checked before any work, so a refused command writes nothing."""

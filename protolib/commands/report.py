@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from protolib.commands.common import fail, folder_problem, one_line, print_written
+from protolib.commands.common import fail, folder_problem, print_written
+from protolib.io import one_line
 
 
 def add_parser(commands: Any) -> None:

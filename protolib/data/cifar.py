@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from protolib.data.splits import DatasetSplits, Split, make_splits
+from protolib.io import one_line
 from protolib.registry import DATASETS
 
 try:  # numpy >= 2
@@ -115,10 +116,6 @@ class _CifarUnpickler(pickle.Unpickler):
         raise _RefusedGlobal("persistent_id", repr(pid)[:40])
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _unpickle_cifar(path: Path, layout: _CifarLayout) -> Any:
     """The object pickled in ``path``, read with :class:`_CifarUnpickler` (bytes keys, as
     the archive was written by Python 2); :class:`CifarFileError` when it is anything
@@ -137,7 +134,7 @@ def _unpickle_cifar(path: Path, layout: _CifarLayout) -> Any:
         raise CifarFileError(f"cannot read {path}: {error.strerror or error}") from None
     except Exception as error:  # untrusted bytes: any failure of the unpickler means garbage
         raise CifarFileError(
-            f"{what}: not a readable pickle ({type(error).__name__}: {_one_line(error)})"
+            f"{what}: not a readable pickle ({type(error).__name__}: {one_line(error)})"
         ) from None
     if trailing:
         raise CifarFileError(f"{what}: bytes follow the end of the pickle")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from protolib.data.splits import DatasetSplits, Split, make_splits
+from protolib.io import one_line
 from protolib.registry import DATASETS
 
 
@@ -76,7 +77,7 @@ def read_digits(path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]
         with gzip.open(path, "rt", encoding="ascii") as handle:
             table = np.loadtxt(handle, delimiter=",", ndmin=2)
     except (OSError, ValueError, EOFError) as error:
-        raise ValueError(f"digits: cannot read {path}: {_one_line(error)}") from None
+        raise ValueError(f"digits: cannot read {path}: {one_line(error)}") from None
     if table.shape[1] != _DIGITS_COLUMNS or table.shape[0] == 0:
         raise ValueError(
             f"digits: {path} must hold rows of {_DIGITS_COLUMNS} numbers "
@@ -104,7 +105,3 @@ def digits(*, test_fraction: float = 0.25, split_seed: int = 0) -> DatasetSplits
         Split(images[test_idx].contiguous(), labels[test_idx]),
         num_classes=10,
     )
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())

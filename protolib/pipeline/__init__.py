@@ -33,12 +33,10 @@ from protolib.pipeline.checks import (
 )
 from protolib.pipeline.errors import PipelineConfigError
 from protolib.pipeline.grid import (
-    AXIS_ALLOWED,
     AXIS_RULES,
     GRID_AXES,
     GRID_DEFAULTS,
     LOSS_NAME,
-    MAX_SEED,
     RESERVED_KEYS,
     expand,
     expand_experiment,
@@ -55,12 +53,10 @@ from protolib.pipeline.validation import (
 )
 
 __all__ = [
-    "AXIS_ALLOWED",
     "AXIS_RULES",
     "GRID_AXES",
     "GRID_DEFAULTS",
     "LOSS_NAME",
-    "MAX_SEED",
     "RESERVED_KEYS",
     "RESULTS_PATTERN",
     "PipelineConfigError",

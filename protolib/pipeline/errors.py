@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from protolib.io import one_line
+
 
 class PipelineConfigError(ValueError):
     """An invalid pipeline config; the one-line message names the key and what is allowed."""
@@ -9,4 +11,4 @@ class PipelineConfigError(ValueError):
 
 def fail(message: str) -> PipelineConfigError:
     """A :class:`PipelineConfigError` with ``message`` on one line (whitespace collapsed)."""
-    return PipelineConfigError(" ".join(str(message).split()))
+    return PipelineConfigError(one_line(message))

@@ -28,7 +28,7 @@ from protolib.results.contract import (
     RUN_ID,
     SEED,
 )
-from protolib.train.config import MAX_SEED, RunConfig
+from protolib.train.config import INT_RANGES, RunConfig
 
 GRID_AXES = AXIS_NAMES
 #: the values of an axis that a config does not set
@@ -47,15 +47,20 @@ def _is_finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _int_rule(axis: str) -> tuple[Callable[[Any], bool], str]:
+    """The run config's own range of an integer axis (``INT_RANGES``): every value of the
+    grid is checked here, only the first of each axis through a whole run config."""
+    low, high = INT_RANGES[axis]
+    return (lambda v: _is_int(v) and low <= v <= high), f"an integer in {low}..{high}"
+
+
 #: what one value of each axis may be: a check and its description
 AXIS_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    N_W.name: (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    N_W.name: _int_rule(N_W.name),
     IMBALANCE_RATIO.name: (lambda v: _is_finite(v) and v >= 1, "a finite number >= 1"),
     LABEL_CORRUPTION.name: (lambda v: _is_finite(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    SEED.name: (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, "an integer in [0, 2**32)"),
+    SEED.name: _int_rule(SEED.name),
 }
-#: What each grid axis allows (one value).
-AXIS_ALLOWED = {axis: allowed for axis, (_, allowed) in AXIS_RULES.items()}
 
 
 def _check_axis_value(where: str, axis: str, value: Any, hint: str = "") -> None:

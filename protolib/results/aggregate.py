@@ -15,7 +15,6 @@ the declared schemas, so nullability and metadata are exact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     import duckdb
 
 from protolib.io import atomic_path
-from protolib.results.manifest import ManifestError, check_entry, manifest_of
+from protolib.results.manifest import ManifestError, check_entry, file_entry, manifest_of
 from protolib.results.schema import (
     KEY_COLUMNS,
     MANIFEST_KEY,
@@ -283,8 +282,8 @@ def _verify_ids(
 
 
 def _file_digest(path: str) -> tuple[int, str]:
-    data = _read_bytes(path)
-    return len(data), hashlib.sha256(data).hexdigest()
+    entry = file_entry(path)
+    return entry["size"], entry["sha256"]
 
 
 def _verify_bytes(

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from protolib.io import write_atomic
+from protolib.results.contract import TABLE_FILES
 
 if TYPE_CHECKING:
     import pandas as pd
 
 #: the aggregate tables an item may read, each ``<name>.parquet`` in the aggregate folder
-AGGREGATE_TABLES = ("runs", "metrics", "geometry", "gamma")
+AGGREGATE_TABLES = tuple(TABLE_FILES)  # runs, metrics, geometry, gamma
 #: the formats every table is written in (:func:`protolib.results.tables.write_table`)
 TABLE_FORMATS = ("csv", "md", "tex")
 #: the folder of each kind of item under the report folder

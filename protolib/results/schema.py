@@ -65,7 +65,6 @@ def table_schema(name: str) -> pa.Schema:
 
 
 #: the key columns every table starts with (identity and grid point)
-GRID_FIELDS = [arrow_field(column) for column in KEY_COLUMNS]
 #: table name → schema, for every table of the contract
 SCHEMAS = {name: table_schema(name) for name in TABLES}
 RUNS_SCHEMA = SCHEMAS["runs"]
@@ -136,7 +135,6 @@ __all__ = [
     "GEOMETRY",
     "GEOMETRY_SCHEMA",
     "GRID_COLUMNS",
-    "GRID_FIELDS",
     "IMBALANCE_RATIO",
     "KEY_COLUMNS",
     "LABEL_CORRUPTION",

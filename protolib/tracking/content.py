@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protolib.results.manifest import file_entry
+
 #: bump when what a synced run holds changes, so that every run is re-synced once
 SYNC_FORMAT = 1
 
@@ -60,10 +62,7 @@ def file_digest(path: Path) -> str:
         for item in sorted(p for p in path.rglob("*") if p.is_file()):
             digest.update(f"{item.relative_to(path).as_posix()}\0{file_digest(item)}\0".encode())
         return digest.hexdigest()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_entry(path)["sha256"]
 
 
 def mlflow_key(key: str) -> str:

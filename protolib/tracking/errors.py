@@ -5,17 +5,12 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+from protolib.io import one_line
 from protolib.tracking.store import REMOTE_SCHEMES
 
 
 class TrackingError(RuntimeError):
     """The MLflow sync failed; the message is one line that says why and what to do."""
-
-
-def one_line(error: BaseException | str, limit: int = 300) -> str:
-    """``error`` as one line of at most ``limit`` characters."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def causes(error: BaseException) -> list[BaseException]:

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from protolib.io import one_line
 from protolib.results.schema import (
     CONFIG,
     GRID_COLUMNS,
@@ -30,10 +31,10 @@ from protolib.tracking.content import (
     mlflow_key,
     mlflow_text,
 )
-from protolib.tracking.errors import TrackingError, one_line
+from protolib.tracking.errors import TrackingError
 
 #: the grid coordinates of a run (params of each child); run_id/experiment are tags
-GRID_KEYS = GRID_COLUMNS
+_KEY_NAMES = frozenset(c.name for c in KEY_COLUMNS)  # not params: the run's identity
 #: runs.parquet columns that are tags of each child rather than params or metrics
 TAG_COLUMNS = {
     "status": "protolib.status",
@@ -51,7 +52,7 @@ def read_json(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise TrackingError(f"{path} is missing; the run directory is incomplete") from None
     except (OSError, json.JSONDecodeError) as error:
-        raise TrackingError(f"{path} cannot be read: {one_line(error)}") from None
+        raise TrackingError(f"{path} cannot be read: {one_line(error, 300)}") from None
 
 
 class Inputs:
@@ -72,7 +73,7 @@ class Inputs:
             try:
                 tables[name] = read_table(path, schema)
             except (OSError, ValueError, pa.ArrowException) as error:
-                raise TrackingError(f"{path} cannot be read: {one_line(error)}") from None
+                raise TrackingError(f"{path} cannot be read: {one_line(error, 300)}") from None
         self.runs: list[dict[str, Any]] = sorted(
             tables["runs"].to_pylist(), key=lambda row: row["run_id"]
         )
@@ -102,7 +103,7 @@ class Inputs:
         numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
         for column in RUNS_SCHEMA:
             value = row[column.name]
-            if column.name in {c.name for c in KEY_COLUMNS}:
+            if column.name in _KEY_NAMES:
                 continue
             if column.name in TAG_COLUMNS:
                 content.tags[TAG_COLUMNS[column.name]] = mlflow_text(
@@ -114,7 +115,7 @@ class Inputs:
                     content.metrics.append((mlflow_key(column.name), float(value), step))
             elif value is not None:
                 params.setdefault(column.name, value)
-        params.update({key: row[key] for key in GRID_KEYS})
+        params.update({key: row[key] for key in GRID_COLUMNS})
         content.params = flatten_params(params)
         content.metrics = self._history(run_id) + content.metrics
         content.tags.update({RUN_ID_TAG: run_id, "protolib.experiment": experiment})
@@ -138,7 +139,7 @@ class Inputs:
     def parent(self, experiment: str) -> Content:
         content = Content(name=experiment)
         params: dict[str, Any] = {"experiment": experiment, "runs": len(self.runs)}
-        for key in GRID_KEYS:
+        for key in GRID_COLUMNS:
             values = {row[key] for row in self.runs if row[key] is not None}
             params[f"grid.{key}"] = sorted(values)
         content.params = flatten_params(params)

@@ -7,7 +7,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-from protolib.tracking.errors import one_line, redact
+from protolib.io import one_line
+from protolib.tracking.errors import redact
 from protolib.tracking.store import default_tracking_uri, sqlite_path
 
 

@@ -25,6 +25,7 @@ from protolib.data import (
     step_imbalance,
 )
 from protolib.geometry import GeometryError, make_prototypes, target_gram
+from protolib.io import one_line
 from protolib.losses import Loss, LossNeeds
 from protolib.models import Network, build_network
 from protolib.registry import LOSSES, RegistryError
@@ -219,7 +220,7 @@ def _prototypes(config: RunConfig, num_classes: int, dim: int) -> Tensor:
             f"{error} (the embedding dimension is set by the model or projector_dim)"
         ) from None
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:
-        raise ConfigError(f"geometry_options: {one_line(error)}") from None
+        raise ConfigError(f"geometry_options: {one_line(error, 300)}") from None
 
 
 def _optimiser(
@@ -256,10 +257,4 @@ def options_errors(key: str) -> Iterator[None]:
     except ConfigError:
         raise
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:
-        raise ConfigError(f"{key}: {one_line(error)}") from None
-
-
-def one_line(error: BaseException, limit: int = 300) -> str:
-    """The message of ``error`` on one line, at most ``limit`` characters."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        raise ConfigError(f"{key}: {one_line(error, 300)}") from None

@@ -13,10 +13,9 @@ from typing import Any
 
 import torch
 
-from protolib.io import write_atomic
+from protolib.io import one_line, write_atomic
 from protolib.results.contract import CHECKPOINT as CHECKPOINT  # the final state
 from protolib.results.contract import RESUME as RESUME  # while training
-from protolib.train.build import one_line
 from protolib.train.config import ConfigError
 
 CHECKPOINT_FORMAT = 1  # the "format" of resume.pt and checkpoint.pt

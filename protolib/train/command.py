@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from protolib.io import write_error, write_json
+from protolib.io import one_line, write_error, write_json
 from protolib.train.batch import BatchRun, fresh_state, output_to, read_batch
-from protolib.train.build import one_line
 from protolib.train.config import INT_RANGES, RunConfig, parse_config_json, read_config_file
 from protolib.train.lock import RunDirectoryInUse
 from protolib.train.loop import RunInterrupted
@@ -141,7 +140,7 @@ def _batch_member(batch_run: BatchRun, progress: bool | None) -> tuple[int, str]
                 return _train(lambda: batch_run.config, batch_run.out, progress)
             except Exception as error:  # what would end a process alone, ends only this run
                 traceback.print_exc()
-                return 1, _error(f"{type(error).__name__}: {one_line(error)}", show=False)
+                return 1, _error(one_line(error, 300, with_type=True), show=False)
     except OSError as error:
         return 1, _error(f"cannot write the log {batch_run.log}: {error.strerror or error}")
 

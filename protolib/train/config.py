@@ -118,13 +118,19 @@ class RunConfig:
             raise ConfigError(
                 f"unknown run config key {unknown[0]!r}; allowed keys: {', '.join(names)}"
             )
+        config = cls.unchecked(data)
+        config.validate()
+        return config
+
+    @classmethod
+    def unchecked(cls, data: dict[str, Any]) -> RunConfig:
+        """A config from a mapping of known keys, not validated: for a config validated
+        before (the pipeline's planned runs), where :meth:`from_dict` would check again."""
         values = dict(data)
         for key in ("plugins", "milestones"):
             if key in values and isinstance(values[key], list):
                 values[key] = tuple(values[key])
-        config = cls(**values)
-        config.validate()
-        return config
+        return cls(**values)
 
     @classmethod
     def from_file(cls, path: str | Path) -> RunConfig:

@@ -44,7 +44,6 @@ def test_each_model_declares_its_training_cost():
         "resnet18_cifar": (2e-4, 4e-2),
         "preact_resnet18_cifar": (2e-4, 4e-2),
     }
-    assert 1 / costs["resnet18_cifar"][1] < 32
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)

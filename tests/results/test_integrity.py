@@ -17,7 +17,7 @@ import pytest
 
 from protolib.cli import main
 from protolib.results.aggregate import AggregateError, aggregate
-from protolib.results.manifest import RUN_FILES, damaged_runs, quarantine
+from protolib.results.manifest import RUN_FILES, quarantine, run_damage
 from protolib.results.query import QueryError, query
 from tests.results.grid_fixture import grid_fixture  # noqa: F401 (the results_grid fixture)
 
@@ -53,6 +53,11 @@ def test_summary_manifest_lists_every_other_output_with_size_and_sha256(results_
         for name, entry in manifest.items():
             data = (run_dir / name).read_bytes()
             assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def damaged_runs(runs) -> dict[str, str]:
+    """run directory → why it is damaged, for the damaged ones (the plan-time check)."""
+    return {str(r): why for r in runs if (why := run_damage(r)) is not None}
 
 
 def test_plan_time_check_finds_exactly_the_damaged_runs(runs):

@@ -161,8 +161,8 @@ def test_runtime_estimate_matches_a_hand_computation():
     }
     seconds = 120 + 3000 * 256 * 2 * 2e-5 + (3000 // 100 + 1) * 1797 * 2e-5 / 3
     assert resources.estimated_seconds(run) == pytest.approx(seconds)
-    assert resources.runtime_minutes(run) == math.ceil(2 * seconds / 60)
-    assert resources.runtime_minutes(run, attempt=3) == 3 * math.ceil(2 * seconds / 60)
+    assert resources.runtime_minutes([run]) == math.ceil(2 * seconds / 60)
+    assert resources.runtime_minutes([run], attempt=3) == 3 * math.ceil(2 * seconds / 60)
     # a batch of runs: one start-up, then each run's training
     batch = 120 + 3 * (seconds - 120)
     assert resources.runtime_minutes([run, run, run]) == math.ceil(2 * batch / 60)
@@ -213,7 +213,7 @@ def test_cpu_runs_use_cpu_costs_and_no_gpu_settings(monkeypatch):
     assert resources.gpu_model(tiny) == "" and resources.partition(tiny) == "general"
     assert resources.gpu_model({}) == "a100" and resources.partition({}) == "general"
     monkeypatch.setenv("PROTOLIB_SLURM_TRAIN_RUNTIME", "40")
-    assert resources.runtime_minutes(tiny, attempt=2) == 80
+    assert resources.runtime_minutes([tiny], attempt=2) == 80
     monkeypatch.setenv("PROTOLIB_SLURM_TRAIN_RUNTIME", "1h")
     with pytest.raises(ValueError, match="whole number of minutes, got '1h'"):
-        resources.runtime_minutes(tiny)
+        resources.runtime_minutes([tiny])

@@ -7,6 +7,7 @@ import json
 
 import yaml
 
+from tests.conftest import tiny_grid
 from tests.workflow.test_pipeline import job_counts, snakemake
 
 TARGET = "results/tiny/aggregate/runs.parquet"
@@ -20,10 +21,10 @@ def stamps(runs) -> dict[str, int]:
     }
 
 
-def test_a_failing_run_loses_nothing_and_only_changed_runs_train_again(tmp_path, tiny):
+def test_a_failing_run_loses_nothing_and_only_changed_runs_train_again(tmp_path):
     def config(ce_options: dict) -> dict:
         losses = {"ce": {"loss": "ce", "loss_options": ce_options}, "supcon": {"loss": "supcon"}}
-        return tiny.grid(losses, {"seed": [0, 1]}, base={"iterations": 20})
+        return tiny_grid(losses, {"seed": [0, 1]}, base={"iterations": 20})
 
     runs = tmp_path / "results" / "tiny" / "runs"
     # an option the loss does not take is only found when the run is built: ce fails

@@ -296,6 +296,11 @@ def test_a_non_finite_grid_value_after_the_first_is_refused(axis):
 def test_every_value_of_a_grid_is_checked_not_only_the_first():
     message = refusal(config(grid={"n_w": [0, 1.0]}))
     assert message.startswith("config: experiments.e.grid.n_w.1: 1.0 is not allowed")
+    # past the run config's own range: refused when planned, not when its train job runs
+    message = refusal(config(grid={"n_w": [0, 10_001]}))
+    assert message == (
+        "config: experiments.e.grid.n_w.1: 10001 is not allowed; allowed: an integer in 0..10000"
+    )
 
 
 # ------------------------------------------------------------------ 3. strict YAML
