@@ -30,8 +30,14 @@ def run(args: argparse.Namespace) -> int:
         registry = FAMILIES[family]
         print(f"{family}: {', '.join(registry.names()) or '(none yet)'}")
         if family == "losses" and args.verbose:
+            from protolib.losses import Loss
+
             for name in registry.names():
-                needs = registry.get(name).needs
+                loss = registry.get(name)
+                if loss.needs_for.__func__ is not Loss.needs_for.__func__:
+                    print(f"  {name:<20} needs: from its loss_options (a composite's parts)")
+                    continue
+                needs = loss.needs
                 print(
                     f"  {name:<20} head={needs.head:<13} normalized={needs.normalized!s:<6} "
                     f"prototypes={needs.prototypes}"

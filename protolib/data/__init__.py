@@ -16,6 +16,8 @@ _EXPORTS = {
     "DeviceLoader": "protolib.data.loader",
     "Split": "protolib.data.splits",
     "augment_batch": "protolib.data.loader",
+    "balance_classes": "protolib.data.transforms",
+    "bound_points": "protolib.data.transforms",
     "check_imbalance": "protolib.data.transforms",
     "corrupt_labels": "protolib.data.transforms",
     "largest_valid_ratio": "protolib.data.transforms",

@@ -2,7 +2,8 @@
 
 The whole split is moved to the device once (uint8 stays uint8 there). Each batch is
 gathered by index, converted to float in ``[0, 1]``, augmented (every view independently),
-then normalised by the train statistics, all on the device. All randomness comes from
+then normalised by the train statistics, all on the device. Optionally a fixed set of
+bound points is appended to every batch (batch binding, MATH.md §6). All randomness comes from
 ``torch.Generator`` objects on the loader's device, whose states are part of
 :meth:`DeviceLoader.state_dict`, so a resumed run sees exactly the batches and
 augmentations of an uninterrupted one.
@@ -10,6 +11,7 @@ augmentations of an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -97,6 +99,10 @@ class DeviceLoader:
     a fresh seeded permutation per epoch (``drop_last`` drops the short tail);
     ``"replacement"``: each batch is ``batch_size`` indices drawn uniformly with
     replacement (a multiset, MATH.md §7). ``views`` independent augmentations per image.
+    ``bound``: int ``(L,)`` positions in the split (from
+    :func:`protolib.data.transforms.bound_points`) appended to every sampled batch and
+    augmented like its other members (batch binding, MATH.md §6); the sampling and
+    ``steps_per_epoch`` do not depend on it.
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class DeviceLoader:
         augment: Augment | None = None,
         seed: int = 0,
         drop_last: bool = True,
+        bound: Tensor | None = None,
     ) -> None:
         labels = _checked_labels(images, labels)
         n, channels = images.shape[0], images.shape[1]
@@ -125,6 +132,7 @@ class DeviceLoader:
                 f"drop_last=True, got {batch_size}"
             )
         _check_int("views", views, 1)
+        bound = _checked_bound(bound, n)
         augment = Augment() if augment is None else augment
         if not isinstance(augment, Augment):
             raise ValueError(f"augment must be an Augment or None, got {augment!r}")
@@ -149,6 +157,9 @@ class DeviceLoader:
         self.augment = augment
         self.seed = seed
         self.drop_last = bool(drop_last)
+        # None when nothing is bound; the checksum identifies the bound points in the state
+        self.bound = None if bound.numel() == 0 else bound.to(self.device)
+        self._bound_sha256 = _checksum(bound)
 
         sample_seed, augment_seed = _seeds(seed)
         self._sample_gen = torch.Generator(device=self.device).manual_seed(sample_seed)
@@ -203,9 +214,12 @@ class DeviceLoader:
     def next_batch(self) -> tuple[Tensor, Tensor, Tensor]:
         """The next ``(x, y, idx)``: ``x`` float32 ``(B, C, H, W)`` for one view, else
         ``(B, V, C, H, W)``; ``y`` int64 ``(B,)``; ``idx`` int64 ``(B,)`` positions in the
-        split. ``B`` is ``batch_size`` except for the short tail of an epoch without
-        ``drop_last``."""
+        split. ``B`` is the sampled ``batch_size`` (less for the short tail of an epoch
+        without ``drop_last``) plus the ``L`` bound points, which come last, in the order of
+        ``bound``. One augmentation draw covers all ``B·V`` members."""
         idx = self._next_indices()
+        if self.bound is not None:
+            idx = torch.cat((idx, self.bound))
         self._step += 1
         x = self._to_unit(self.images[idx])
         b, rest = x.shape[0], x.shape[1:]
@@ -240,11 +254,14 @@ class DeviceLoader:
             "drop_last": self.drop_last,
             "crop_padding": self.augment.crop_padding,
             "flip": self.augment.flip,
+            "bound_points": 0 if self.bound is None else self.bound.numel(),
+            "bound_sha256": self._bound_sha256,
         }
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed loader needs: generator states, the current permutation and
-        position, the step counter (plus the configuration, checked on load). Holds only
+        position, the step counter (plus the configuration, with the count and a checksum of
+        the bound points, checked on load). Holds only
         tensors (on the CPU), ints, bools and strs: safe for ``torch.load(weights_only=True)``.
         """
         perm = torch.empty(0, dtype=torch.int64) if self._perm is None else self._perm.cpu()
@@ -260,12 +277,14 @@ class DeviceLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (from :meth:`state_dict` of a loader built the same way)."""
+        """Continue from ``state`` (from :meth:`state_dict` of a loader built the same way;
+        a state saved before batch binding existed is one of a loader without bound points)."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(
                 f"loader state version must be {_STATE_VERSION}, got {state.get('version')!r}"
             )
-        saved, current = state["config"], self._config()
+        saved = {**_NO_BINDING, **state["config"]}  # states saved before batch binding
+        current = self._config()
         for key, value in current.items():
             if saved.get(key) != value:
                 raise ValueError(
@@ -277,6 +296,40 @@ class DeviceLoader:
         self._perm = state["permutation"].to(self.device) if state["has_permutation"] else None
         self._position = int(state["position"])
         self._step = int(state["step"])
+
+
+def _checksum(bound: Tensor) -> str:
+    """A short SHA-256 of the bound positions, in order ("" when there are none)."""
+    if bound.numel() == 0:
+        return ""
+    data = bound.detach().cpu().numpy().astype("<i8").tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+#: the configuration entries of a loader without batch binding
+_NO_BINDING = {"bound_points": 0, "bound_sha256": ""}
+
+
+def _checked_bound(bound: Tensor | None, n: int) -> Tensor:
+    """``bound`` as int64 (empty for ``None``) after checking it is a 1-D integer tensor of
+    positions in ``0..n−1``; ``ValueError`` naming what is wrong."""
+    if bound is None:
+        return torch.empty(0, dtype=torch.int64)
+    if (
+        not isinstance(bound, Tensor)
+        or bound.ndim != 1
+        or bound.is_floating_point()
+        or bound.is_complex()
+        or bound.dtype == torch.bool
+    ):
+        what = f"{bound.dtype} {tuple(bound.shape)}" if isinstance(bound, Tensor) else bound
+        raise ValueError(f"bound must be a 1-D integer tensor of split positions, got {what}")
+    if bound.numel() and (bound.min() < 0 or bound.max() >= n):
+        raise ValueError(
+            f"bound must hold positions in 0..{n - 1} (the split size is {n}), "
+            f"got {int(bound.min())}..{int(bound.max())}"
+        )
+    return bound.to(torch.int64, copy=True)
 
 
 def _checked_labels(images: Tensor, labels: Tensor) -> Tensor:

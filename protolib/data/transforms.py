@@ -1,4 +1,5 @@
-"""Training-set transforms of MATH.md §6: STEP imbalance and label corruption.
+"""Training-set transforms of MATH.md §6: STEP imbalance, label corruption, exact class
+balancing and the points bound to every batch.
 
 Each is a pure function of ``(labels, parameter, seed)`` that returns indices and labels
 (CPU int64 tensors), so a run can record exactly what it trained on. Randomness comes from
@@ -128,3 +129,63 @@ def corrupt_labels(
     else:
         new[changed] = rng.integers(0, num_classes, size=changed.size)
     return torch.from_numpy(new), torch.from_numpy(changed.astype(np.int64))
+
+
+def _class_members(array: np.ndarray, num_classes: int, what: str) -> list[np.ndarray]:
+    """Positions of each class's points; ``ValueError`` naming ``what`` when one has none."""
+    members = [np.flatnonzero(array == c) for c in range(num_classes)]
+    for c, points in enumerate(members):
+        if points.size == 0:
+            raise ValueError(
+                f"{what} needs a training point in every class, but class {c} has none "
+                f"(class sizes: {[len(m) for m in members]})"
+            )
+    return members
+
+
+def balance_classes(labels: Tensor, num_classes: int, seed: int) -> Tensor:
+    """Indices of the training points kept when every class is subsampled to the smallest
+    class's size ``n_min`` (the exactly balanced labels of MATH.md §4, applied before the
+    transforms of §6).
+
+    ``labels`` int ``(N,)`` in ``0..K−1``. Each class ``c`` keeps the first ``n_min`` of a
+    seeded permutation of its points (classes visited in increasing order). Labels already
+    balanced keep everything. Returns int64 ``(K·n_min,)`` positions into ``labels``, sorted
+    ascending; ``ValueError`` when a class has no point.
+    """
+    array = _check_labels(labels, num_classes, 1)
+    members = _class_members(array, num_classes, "balance")
+    smallest = min(len(points) for points in members)
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(array.shape[0], dtype=bool)
+    for points in members:
+        keep[rng.permutation(points)[:smallest]] = True
+    return torch.from_numpy(np.flatnonzero(keep).astype(np.int64))
+
+
+def bound_points(labels: Tensor, binding: int, num_classes: int, seed: int) -> Tensor:
+    """The points bound to every batch under batch binding (MATH.md §6): ``binding`` points
+    of each class, the first ``binding`` of a seeded permutation of its points (without
+    replacement; classes visited in increasing order).
+
+    ``labels`` int ``(N,)`` in ``0..K−1`` (the run's training set, after its other
+    transforms). Returns int64 ``(K·binding,)`` positions into ``labels``, sorted ascending;
+    empty for ``binding = 0``. ``ValueError`` naming ``binding``, its value and the largest
+    allowed (the smallest class size) when a class has fewer than ``binding`` points.
+    """
+    array = _check_labels(labels, num_classes, 1)
+    if not isinstance(binding, int) or isinstance(binding, bool) or binding < 0:
+        raise ValueError(f"binding must be an integer >= 0, got {binding!r}")
+    if binding == 0:
+        return torch.empty(0, dtype=torch.int64)
+    counts = np.bincount(array, minlength=num_classes)
+    smallest = int(counts.min())
+    if smallest < binding:
+        c = int(counts.argmin())
+        raise ValueError(
+            f"binding {binding} exceeds the {smallest} training points of class {c}; "
+            f"binding must be at most the smallest class size, {smallest}"
+        )
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(array == c))[:binding] for c in range(num_classes)]
+    return torch.from_numpy(np.sort(np.concatenate(chosen)).astype(np.int64))

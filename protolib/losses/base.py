@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-Reduction = Literal["mean", "sum"]
+#: how a batch loss divides its sum over anchors (MATH.md §1.9): ``mean`` by the anchors
+#: that have a positive, ``batch`` by all anchors, ``sum`` not at all
+Reduction = Literal["mean", "batch", "sum"]
 REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 #: the heads a loss can ask for (``LossNeeds.head``; built by :mod:`protolib.models.heads`)
 HeadKind = Literal["none", "linear", "fixed_linear"]
 HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
+#: where the classifier head reads from (``LossNeeds.head_input``): the embedding (the
+#: projector's output, the ``features`` the losses see) or the encoder (the backbone's)
+HeadInput = Literal["embedding", "encoder"]
+HEAD_INPUTS: tuple[str, ...] = get_args(HeadInput)
 
 #: Largest allowed deviation of a row norm from 1 for "unit" inputs, by input precision.
 UNIT_NORM_TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -34,11 +41,18 @@ class LossNeeds:
     - ``normalized``: the loss works on unit-norm embeddings (its module normalises).
     - ``prototypes``: ``"no"``, ``"optional"`` (used when the loss's ``n_w > 0``; the grid
       expands ``n_w`` only for such losses) or ``"yes"`` (always; built from a geometry).
+    - ``priors``: the loss takes ``priors=`` ``(K,)`` float64, the class frequencies
+      ``π_c = n_c / N`` of the labels the run trains on (all > 0, summing to 1).
+    - ``head_input``: where the head reads from: ``"embedding"`` (the projector's output)
+      or ``"encoder"`` (the backbone's output, before the projector). The network's
+      ``features`` are the projector's output either way.
     """
 
     head: HeadKind = "none"
     normalized: bool = False
     prototypes: Literal["no", "optional", "yes"] = "no"
+    priors: bool = False
+    head_input: HeadInput = "embedding"
 
 
 class Loss(nn.Module):
@@ -51,6 +65,13 @@ class Loss(nn.Module):
 
     needs: ClassVar[LossNeeds] = LossNeeds()
     prototypes: Tensor | None
+
+    @classmethod
+    def needs_for(cls, options: Mapping[str, Any]) -> LossNeeds:
+        """The needs of this loss built with ``options`` (its ``loss_options``): ``needs``
+        unless the needs depend on the options (a composite's on its parts). Raises
+        :class:`LossInputError` on options it cannot judge; called before any work."""
+        return cls.needs
 
     def __init__(self, *, prototypes: Tensor | None = None) -> None:
         super().__init__()
@@ -80,9 +101,15 @@ class TemperatureLoss(Loss):
         self.reduction = reduction
 
 
-def check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise LossInputError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+def check_reduction(
+    reduction: str, allowed: tuple[str, ...] = REDUCTIONS, *, why: str = ""
+) -> None:
+    """``reduction`` must be one of ``allowed`` (all of :data:`REDUCTIONS` by default);
+    ``why`` ends the message (why the others are not allowed)."""
+    if not isinstance(reduction, str) or reduction not in allowed:
+        raise LossInputError(
+            f"reduction must be one of {', '.join(allowed)}; got {reduction!r}{why}"
+        )
 
 
 def check_tau(tau: float) -> None:

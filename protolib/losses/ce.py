@@ -37,14 +37,21 @@ def ce_loss(logits: Tensor, labels: Tensor, *, reduction: Reduction = "mean") ->
     Args:
         logits: ``(n, K)`` or ``(n, V, K)`` (``W h + b`` from the model's linear head).
         labels: ``(n,)`` int64 in ``0..K−1``.
-        reduction: ``"mean"`` or ``"sum"`` over members.
+        reduction: ``"mean"`` or ``"sum"`` over members; ``"batch"`` (MATH.md §1.9) is
+            ``"mean"``, since every member is an anchor.
 
     Returns:
         ``{"loss"}``. Weight decay on ``W`` belongs to the optimiser, not here.
     """
     check_reduction(reduction)
     logits, labels = _flatten_logits(logits, labels)
-    return {"loss": F.cross_entropy(logits, labels, reduction=reduction)}
+    return {"loss": F.cross_entropy(logits, labels, reduction=torch_reduction(reduction))}
+
+
+def torch_reduction(reduction: str) -> str:
+    """The ``torch.nn.functional`` reduction of a per-member loss: ``"batch"`` divides by
+    all members, as ``"mean"`` does (MATH.md §1.9)."""
+    return "mean" if reduction == "batch" else reduction
 
 
 def ce_fix_loss(
@@ -95,6 +102,8 @@ class CrossEntropyFixed(Loss):
 
     def __init__(self, *, prototypes: Tensor, reduction: Reduction = "mean") -> None:
         check_reduction(reduction)
+        if prototypes is None:
+            raise LossInputError("loss 'ce_fix' needs prototypes (K, d) from a geometry; got none")
         super().__init__(prototypes=prototypes)
         self.reduction = reduction
 

@@ -20,6 +20,14 @@ from protolib.losses.base import (
 )
 from protolib.registry import LOSSES
 
+#: ``batch`` (MATH.md §1.9) is refused: in the limit every member has a positive (its
+#: prototype) and the ``n_w·K`` prototype anchors it would count grow without bound
+LIMIT_REDUCTIONS = ("mean", "sum")
+_NO_BATCH = (
+    " ('batch' has no large-n_w limit: it counts the n_w·K prototype anchors; "
+    "'mean' divides by the members)"
+)
+
 
 def _limit_terms(
     members: Tensor, labels: Tensor, prototypes: Tensor, tau: float
@@ -48,7 +56,7 @@ def _limit_loss(
     members, member_labels = flatten_views(features, labels)
     if checked:
         check_tau(tau)
-        check_reduction(reduction)
+        check_reduction(reduction, LIMIT_REDUCTIONS, why=_NO_BATCH * (reduction == "batch"))
         check_unit_rows(members, "features", dtype=features.dtype)
         check_prototypes(prototypes, members.shape[1], member_labels)
     else:
@@ -83,7 +91,8 @@ def supcon_limit_loss(
         labels: ``(n,)`` int64 in ``0..K−1``.
         prototypes: ``(K, d)`` unit rows; no gradient flows into them.
         tau: temperature.
-        reduction: ``"mean"`` over members or ``"sum"`` (the limit as stated).
+        reduction: ``"mean"`` over members or ``"sum"`` (the limit as stated); not
+            ``"batch"``, which has no limit (:data:`LIMIT_REDUCTIONS`).
         exact: ``False`` drops the prototype-anchor term (:func:`supcon_limit_paper_loss`).
 
     Returns:
@@ -111,7 +120,7 @@ class _LimitModule(TemperatureLoss):
         self, *, prototypes: Tensor, tau: float = 0.1, reduction: Reduction = "mean"
     ) -> None:
         check_tau(tau)
-        check_reduction(reduction)
+        check_reduction(reduction, LIMIT_REDUCTIONS, why=_NO_BATCH * (reduction == "batch"))
         check_unit_rows(torch.as_tensor(prototypes), "prototypes")
         super().__init__(tau=tau, reduction=reduction, prototypes=prototypes)
 

@@ -13,8 +13,8 @@ times among the *other* members (the anchor removes itself once). Then
 
 and all ``m_a`` copies of ``a`` give the same ``ℓ_a``. BCL divides each term of the
 denominator by the size ``n_{a,y_t} = Σ_{t': y_t' = y_t} M_at'`` of its class among the
-other members. Anchors without positives (``Σ_t P_at = 0``) contribute 0 and are not
-counted.
+other members. Anchors without positives (``Σ_t P_at = 0``) contribute 0; the ``mean``
+reduction does not count them, ``batch`` does (MATH.md §1.9).
 """
 
 from __future__ import annotations
@@ -79,13 +79,28 @@ def multiset_contrastive(
 
 
 def reduce_anchors(
-    loss: Tensor, weight: Tensor, reduction: str, groups: dict[str, slice] | None = None
+    loss: Tensor,
+    weight: Tensor,
+    reduction: str,
+    groups: dict[str, slice] | None = None,
+    *,
+    multiplicity: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Reduce per-anchor losses: ``"mean"`` over counted anchors (0 when none counts) or
-    ``"sum"``. ``groups`` name slices of the members whose shares of the reduced loss are
-    returned as detached components (they add up to ``"loss"``)."""
+    """Reduce per-anchor losses (MATH.md §1.9): ``"mean"`` divides the weighted sum by the
+    anchors that have a positive (``weight.sum()``; 0 when none has), ``"batch"`` by all
+    anchors (``multiplicity.sum()``, required then: anchors without a positive count 0 in
+    the sum and ``m_a`` here), ``"sum"`` not at all. ``groups`` name slices of the members
+    whose shares of the reduced loss are returned as detached components (they add up to
+    ``"loss"``)."""
     weighted = weight * loss
-    scale = weight.sum().clamp_min(1) if reduction == "mean" else weight.new_ones(())
+    if reduction == "mean":
+        scale = weight.sum().clamp_min(1)
+    elif reduction == "batch":
+        if multiplicity is None:
+            raise ValueError("reduction 'batch' needs the multiplicities of all anchors")
+        scale = multiplicity.to(weighted.dtype).sum().clamp_min(1)
+    else:
+        scale = weight.new_ones(())
     out = {"loss": weighted.sum() / scale}
     for name, part in (groups or {}).items():
         out[name] = (weighted[part].sum() / scale).detach()

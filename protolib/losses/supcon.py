@@ -1,5 +1,6 @@
 """Supervised contrastive loss, optionally with ``n_w`` copies of fixed prototypes
-(MATH.md §1.3–1.4), and its class-averaged variant BCL (§1.6)."""
+(MATH.md §1.3–1.4), and its class-averaged variant BCL (§1.6); reductions ``mean``,
+``batch`` and ``sum`` (§1.9)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def _contrastive(
         members, labels, multiplicity, tau=tau, class_average=class_average
     )
     groups = {"sample_anchors": slice(0, n), "prototype_anchors": slice(n, None)}
-    return reduce_anchors(loss, weight, reduction, groups)
+    return reduce_anchors(loss, weight, reduction, groups, multiplicity=multiplicity)
 
 
 def supcon_loss(
@@ -74,7 +75,9 @@ def supcon_loss(
             Used only when ``n_w > 0``; no gradient flows into them.
         n_w: copies of each prototype in the batch; the cost does not grow with it.
         reduction: ``"mean"`` over anchors with at least one positive (prototype copies
-            count as ``n_w`` anchors each) or ``"sum"``.
+            count as ``n_w`` anchors each), ``"batch"`` over all anchors (those without a
+            positive contribute 0 but are counted: SupContrast's convention, MATH.md §1.9)
+            or ``"sum"``.
         class_average: the class-averaged denominator of BCL (§1.6); :func:`bcl_loss`.
 
     Returns:

@@ -3,7 +3,9 @@
 The head a run needs comes from its loss's :class:`~protolib.losses.base.LossNeeds`
 (``needs.head``), never from the loss's name: ``"none"`` (embeddings only),
 ``"linear"`` (a trainable classifier with bias, MATH.md §1.1) or ``"fixed_linear"``
-(a bias-free classifier fixed to the prototypes, MATH.md §1.2).
+(a bias-free classifier fixed to the prototypes, MATH.md §1.2). ``needs.head_input``
+says whether the head reads the embedding (the projector's output) or the encoder (the
+backbone's output), as a composite loss's classifier part does (MATH.md §1.8).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from protolib.choices import PROJECTOR_KINDS, ProjectorKind
-from protolib.losses.base import HEAD_KINDS, HeadKind, LossNeeds
+from protolib.losses.base import HEAD_INPUTS, HEAD_KINDS, HeadInput, HeadKind, LossNeeds
 from protolib.models.backbones import build_backbone
 
 #: Output width of the "mlp" projector unless told otherwise (SupContrast uses 128).
@@ -91,20 +93,27 @@ class NetworkOutput(NamedTuple):
 
 
 class Network(nn.Module):
-    """Backbone → projector (optional) → classifier head (optional).
+    """Backbone → projector (optional) → classifier head (optional), the head reading the
+    projector's output or, with ``head_input="encoder"``, the backbone's.
 
     Args:
         backbone: maps ``(B, C, H, W)`` → ``(B, backbone.out_dim)``.
         num_classes: ``K``.
         head: ``"none"``, ``"linear"`` (trainable ``nn.Linear(d, K)`` with bias) or
             ``"fixed_linear"`` (:class:`FixedLinear` on ``prototypes``).
-        prototypes: ``(K, d)`` fixed classifier rows; required by ``"fixed_linear"`` and
-            refused by the other heads (a loss that uses prototypes holds them itself).
+        head_input: ``"embedding"`` (the head reads ``features``, width ``d``) or
+            ``"encoder"`` (the head reads the backbone's output, width
+            ``backbone.out_dim``; ``features`` are still the projector's output). Only
+            with a head.
+        prototypes: ``(K, h)`` fixed classifier rows (``h`` the head's input width);
+            required by ``"fixed_linear"`` and refused by the other heads (a loss that
+            uses prototypes holds them itself).
         projector: ``"none"`` or ``"mlp"`` (:class:`Projector`).
         projector_dim: output width ``d`` of the projector.
         projector_hidden: hidden width of the projector (default: the backbone's width).
 
-    ``embedding_dim`` is ``d``, the width of ``features``.
+    ``embedding_dim`` is ``d``, the width of ``features``; ``head_dim`` is the width the
+    head reads.
     """
 
     def __init__(
@@ -113,6 +122,7 @@ class Network(nn.Module):
         *,
         num_classes: int,
         head: HeadKind = "none",
+        head_input: HeadInput = "embedding",
         prototypes: Tensor | None = None,
         projector: ProjectorKind = "none",
         projector_dim: int = DEFAULT_PROJECTOR_DIM,
@@ -123,6 +133,10 @@ class Network(nn.Module):
             raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
         if head not in HEAD_KINDS:
             raise ValueError(f"unknown head {head!r}; known: {', '.join(HEAD_KINDS)}")
+        if head_input not in HEAD_INPUTS:
+            raise ValueError(f"unknown head_input {head_input!r}; known: {', '.join(HEAD_INPUTS)}")
+        if head == "none" and head_input != "embedding":
+            raise ValueError(f"head_input {head_input!r} needs a head; got head 'none'")
         if projector not in PROJECTOR_KINDS:
             raise ValueError(
                 f"unknown projector {projector!r}; known: {', '.join(PROJECTOR_KINDS)}"
@@ -142,20 +156,25 @@ class Network(nn.Module):
         self.embedding_dim = dim
         self.num_classes = num_classes
         self.head_kind: str = head
+        self.head_input: str = head_input
         self.projector_kind: str = projector
+        head_dim = backbone_dim if head_input == "encoder" else dim
+        self.head_dim = head_dim
+        where = "backbone output" if head_input == "encoder" else "embedding"
 
         self.head: nn.Module | None = None
         if head == "fixed_linear":
             if prototypes is None:
                 raise ValueError(
-                    f"head 'fixed_linear' needs prototypes of shape ({num_classes}, {dim}) "
-                    "from a geometry; got none"
+                    f"head 'fixed_linear' needs prototypes of shape ({num_classes}, "
+                    f"{head_dim}) from a geometry; got none"
                 )
             prototypes = torch.as_tensor(prototypes)
-            if tuple(prototypes.shape) != (num_classes, dim):
+            if tuple(prototypes.shape) != (num_classes, head_dim):
                 raise ValueError(
-                    f"head 'fixed_linear' needs prototypes of shape (num_classes, embedding_dim)"
-                    f" = ({num_classes}, {dim}); got {tuple(prototypes.shape)}"
+                    f"head 'fixed_linear' needs prototypes of shape (num_classes, width of "
+                    f"the {where} it reads) = ({num_classes}, {head_dim}); "
+                    f"got {tuple(prototypes.shape)}"
                 )
             self.head = FixedLinear(prototypes)
         elif prototypes is not None:
@@ -164,7 +183,7 @@ class Network(nn.Module):
                 "(a loss that needs prototypes holds them itself)"
             )
         elif head == "linear":
-            self.head = nn.Linear(dim, num_classes, bias=True)
+            self.head = nn.Linear(head_dim, num_classes, bias=True)
 
     def forward(self, x: Tensor) -> NetworkOutput:
         """``x`` ``(B, C, H, W)`` or ``(B, V, C, H, W)`` → :class:`NetworkOutput`.
@@ -177,16 +196,20 @@ class Network(nn.Module):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x)
             raise ValueError(f"input must have shape (B, C, H, W) or (B, V, C, H, W); got {shape}")
         lead = x.shape[:-3]
-        features = self.projector(self.backbone(x.flatten(0, 1) if x.ndim == 5 else x))
-        logits = self.head(features) if self.head is not None else None
+        encoded = self.backbone(x.flatten(0, 1) if x.ndim == 5 else x)
+        features = self.projector(encoded)
+        head_in = encoded if self.head_input == "encoder" else features
+        logits = self.head(head_in) if self.head is not None else None
         if x.ndim == 5:
             features = features.unflatten(0, lead)
             logits = logits.unflatten(0, lead) if logits is not None else None
         return NetworkOutput(features, logits)
 
     def classifier_weight(self) -> Tensor | None:
-        """The head's ``(K, d)`` weight (a parameter for ``"linear"``, the fixed buffer for
-        ``"fixed_linear"``), or ``None`` without a head."""
+        """The head's ``(K, head_dim)`` weight (a parameter for ``"linear"``, the fixed
+        buffer for ``"fixed_linear"``), or ``None`` without a head. With
+        ``head_input="encoder"`` its rows live in the backbone's space, not the
+        embedding's."""
         return None if self.head is None else self.head.weight
 
 
@@ -203,7 +226,8 @@ def build_network(
     model_options: dict[str, Any] | None = None,
 ) -> Network:
     """The backbone ``model`` (a ``MODELS`` name or ``timm:<name>``, built with
-    ``model_options``) followed by the projector and the head that ``needs.head`` asks for.
+    ``model_options``) followed by the projector and the head that ``needs.head`` asks for,
+    reading what ``needs.head_input`` names.
 
     ``prototypes`` ``(K, d)`` become the fixed classifier when ``needs.head ==
     "fixed_linear"`` (required then) and are otherwise left to the loss. They may be
@@ -220,6 +244,7 @@ def build_network(
         backbone,
         num_classes=num_classes,
         head=needs.head,
+        head_input=needs.head_input,
         prototypes=prototypes if needs.head == "fixed_linear" else None,
         projector=projector,  # type: ignore[arg-type]
         projector_dim=projector_dim,

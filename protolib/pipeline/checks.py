@@ -85,18 +85,21 @@ def check_imbalance_ratios(config: Mapping[str, Any], runs: Runs) -> tuple[str, 
     """Refuse an imbalance ratio that leaves a class without a training point; each
     dataset is loaded once per options. A dataset whose files are absent here is not
     checked (its train jobs check before writing anything): a note says so."""
-    from protolib.data.transforms import check_imbalance
+    from protolib.data.transforms import balance_classes, check_imbalance
 
-    wanted: dict[str, tuple[str, dict[str, Any], str, set[float]]] = {}
+    wanted: dict[str, tuple[str, dict[str, Any], str, set[float], bool]] = {}
     for name, experiment in runs.items():
         for run in experiment.values():
             dataset = run.get("dataset", RunConfig.dataset)
             options = run.get("dataset_options", {})
+            balance = run.get("balance", RunConfig.balance) is True
             key = json.dumps([dataset, options], sort_keys=True)
             where = _written_at(config, name, run[LOSS_NAME], "dataset_options")
-            wanted.setdefault(key, (dataset, options, where, set()))[3].add(run[RATIO])
+            entry = (dataset, options, where, set(), balance)
+            wanted.setdefault(f"{key}{balance}", entry)[3].add(run[RATIO])
     notes = []
-    for key, (dataset, options, where, ratios) in wanted.items():
+    for dataset, options, where, ratios, balance in wanted.values():
+        key = json.dumps([dataset, options], sort_keys=True)
         _check_options(where, dataset, options)
         ratios.discard(1)
         if not ratios:
@@ -104,6 +107,8 @@ def check_imbalance_ratios(config: Mapping[str, Any], runs: Runs) -> tuple[str, 
         try:
             splits = _load(key, dataset, options)
             labels, num_classes = splits.train.labels, splits.num_classes
+            if balance:  # every class at the smallest one's size (any seed: same counts)
+                labels = labels[balance_classes(labels, num_classes, 0)]
         except OSError as error:
             notes.append(_unreadable(dataset, error))
             continue
@@ -132,7 +137,7 @@ def check_prototype_dims(config: Mapping[str, Any], runs: Runs) -> tuple[str, ..
     for name, experiment in runs.items():
         for run in experiment.values():
             value = {k: run.get(k, getattr(defaults, k)) for k in _PROTOTYPE_KEYS}
-            needs = LOSSES.get(value["loss"]).needs.prototypes
+            needs = LOSSES.get(value["loss"]).needs_for(value["loss_options"]).prototypes
             if not (needs == "yes" or (needs == "optional" and value[N_W.name] > 0)):
                 continue
             key = json.dumps(
@@ -178,6 +183,7 @@ def _check_geometry(where: str, value: Mapping[str, Any], splits: Any) -> None:
 
 _PROTOTYPE_KEYS = (
     "loss",
+    "loss_options",
     N_W.name,
     "dataset",
     "dataset_options",

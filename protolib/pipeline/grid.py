@@ -146,13 +146,14 @@ def _check_scalar_axis(
     name: str, mapping: str, axis: str, value: Any, grid: Mapping[str, list[Any]]
 ) -> None:
     """A grid key written as one value in ``mapping`` (an experiment's base or a loss
-    variant): a valid axis value, and not also a list under the experiment's grid."""
+    variant): a valid axis value, and (in the base, pass the experiment's ``grid``) not
+    also a list under the experiment's grid; a variant's value replaces the grid's."""
     where = f"{mapping}.{axis}"
     if axis in grid:
         raise _fail(
             f"config: {where}: {value!r} conflicts with experiments.{name}.grid.{axis}; "
-            f"allowed: {axis} in one place (a list in grid, or one value in base or a loss "
-            "variant)"
+            f"allowed: {axis} in one place (a list in grid or one value in base; a loss "
+            "variant may set its own value)"
         )
     _check_axis_value(where, axis, value, f" (a list of values belongs in experiments.{name}.grid)")
 
@@ -168,9 +169,9 @@ def _variant_axes(
     """The values of each axis for one loss variant."""
     axes: dict[str, list[Any]] = {}
     for axis in GRID_AXES:
-        if axis in spec:
+        if axis in spec:  # the variant's one value, over the base's and the grid's
             where = f"experiments.{name}.losses.{variant}"
-            _check_scalar_axis(name, where, axis, spec[axis], grid)
+            _check_scalar_axis(name, where, axis, spec[axis], {})
             axes[axis] = [spec[axis]]
         elif axis == N_W.name and not uses_n_w:
             axes[axis] = [N_W.default]  # losses without prototype copies: not repeated per n_w
@@ -229,7 +230,11 @@ def expand_experiment(
         where = f"experiments.{name}.losses.{variant}"
         _check_reserved(where, spec)
         _check_json_values(where, spec)
-        uses_n_w = LOSSES.get(spec["loss"]).needs.prototypes == "optional"
+        options = spec.get("loss_options", shared.get("loss_options", {}))
+        try:  # a composite loss takes n_w when one of its parts does
+            uses_n_w = LOSSES.get(spec["loss"]).needs_for(options).prototypes == "optional"
+        except (TypeError, ValueError) as error:
+            raise _fail(f"config: {where}.loss_options: {' '.join(str(error).split())}") from None
         axes = _variant_axes(name, variant, spec, uses_n_w, base_axes, grid)
         fixed = {
             **shared,

@@ -83,6 +83,15 @@ RUNS_FIGURES = _columns(
     ("delta_g", "float64"),
     ("n_train", "int64"),
     ("n_corrupted", "int64"),
+    ("balance", "bool_"),
+    ("binding", "int64"),
+    # trained network against its loss bound (MATH.md §4, last bullet): which bound, the
+    # attained loss, the bound and their difference; null unless the run's training labels
+    # are exactly balanced and its loss has a bound (supcon, a CE head)
+    ("bound_kind", "string"),
+    ("bound_attained", "float64"),
+    ("bound_value", "float64"),
+    ("bound_gap", "float64"),
     ("wall_seconds", "float64"),
     ("train_seconds", "float64"),
     ("images_per_second", "float64"),
@@ -148,5 +157,6 @@ SUMMARY_ONLY = (
     "hostname",
     "pid",
     "attempts",
+    "bounds",
     MANIFEST_KEY,
 )

@@ -47,7 +47,7 @@ from protolib.results.contract import (
     Column,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TABLE_KEY, VERSION_KEY = "protolib.table", "protolib.schema_version"
 
 

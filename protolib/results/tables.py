@@ -34,6 +34,10 @@ HEADERS = {
     "fitted": ("fitted", "fitted"),
     "budget": ("budget", "budget"),
     "n_seeds": ("seeds", "seeds"),
+    "bound_kind": ("bound", "bound"),
+    "bound_attained": ("attained loss", "attained loss"),
+    "bound_value": ("lower bound", "lower bound"),
+    "bound_gap": ("attained − bound", r"attained $-$ bound"),
 }
 DEFAULT_DECIMALS = 3
 MISSING = ("—", "--")  # Markdown, LaTeX
@@ -93,6 +97,24 @@ def time_to_fit_table(runs: pd.DataFrame) -> pd.DataFrame:
 def delta_g_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Final Δ_G (MATH.md §3) against the run's target geometry, mean ± std over seeds."""
     return _mean_std(runs, ["delta_g"])
+
+
+def trained_bounds_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Trained networks against their loss bounds (MATH.md §4, last bullet): per grid
+    point and bound, the attained loss, the bound and their gap (≥ 0), mean ± std over
+    seeds, for the runs that made the comparison (exactly balanced training labels)."""
+    compared = runs[runs["bound_kind"].notna()] if "bound_kind" in runs else runs.iloc[:0]
+    figures = ["bound_attained", "bound_value", "bound_gap"]
+    table = _mean_std(compared, figures)
+    if compared.empty:
+        table.insert(len(GRID), "bound_kind", pd.Series(dtype=object))
+    else:
+        kinds = compared.groupby(GRID, sort=True)["bound_kind"].agg(
+            lambda k: ", ".join(sorted(set(k)))
+        )
+        table.insert(len(GRID), "bound_kind", kinds.to_numpy())
+    table.attrs["decimals"] = {figure: 6 for figure in figures}
+    return table
 
 
 # -- formatting ------------------------------------------------------------------------

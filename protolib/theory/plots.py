@@ -1,7 +1,7 @@
 """The theory target's plots: Corollary 2 over λ, the batch-loss histogram of the
-all-multisets simulation, the learned class-mean Grams beside their targets, and the
-trajectories on the circle (MATH.md §5). Each takes a :class:`UFMResult` and writes one
-PNG atomically."""
+all-multisets simulation, the learned class-mean Grams beside their targets, the
+trajectories on the circle, and the batch-wise minimisers (MATH.md §5). Each takes a
+:class:`UFMResult` and writes one PNG atomically."""
 
 from __future__ import annotations
 
@@ -114,4 +114,62 @@ def plot_circle(result: UFMResult, path: Path) -> Path:
     right.set_aspect("equal")
     right.legend(loc="upper right")
     right.set_title("Start (x) and end (o): collapse to a regular simplex")
+    return save_figure(fig, path)
+
+
+def plot_batchwise(result: UFMResult, path: Path) -> Path:
+    """The minimiser of one batch's SupCon loss per label configuration
+    (:func:`~protolib.theory.ufm.batchwise_minimisers`; the SC-vs-CE study's Fig. 5): one
+    circle per configuration, the points coloured by class (a collapsed class is one dot,
+    labelled with its size), the simplex's directions as grey ticks."""
+    configurations = result.final["configurations"]
+    table = result.table
+    fig = new_figure(2.3 * len(configurations), 3.0)
+    axes = fig.subplots(1, len(configurations), squeeze=False)[0]
+    colors = ["tab:blue", "tab:orange", "tab:green"]
+    theta = np.linspace(0, 2 * np.pi, 200)
+    K = configurations.shape[1]
+    for ax, sizes in zip(axes, configurations, strict=True):
+        setting = "counts=" + ",".join(str(n) for n in sizes)
+        points = result.final[f"{setting}/embeddings"]
+        labels = result.final[f"{setting}/labels"]
+        rho = float(np.linalg.norm(points[0]))
+        ax.plot(rho * np.cos(theta), rho * np.sin(theta), color="0.75", lw=0.8)
+        for c in range(K):  # the simplex, rotated like the points (largest class up)
+            angle = np.pi / 2 + 2 * np.pi * c / K
+            tick = np.outer([0.85 * rho, 1.15 * rho], [np.cos(angle), np.sin(angle)])
+            ax.plot(tick[:, 0], tick[:, 1], color="0.6", lw=1.5)
+        placed: list[np.ndarray] = []  # label directions so far; coinciding classes stack
+        for c in range(K):
+            own = points[labels == c]
+            if len(own) == 0:
+                continue
+            # later classes smaller, so classes sharing a point show as concentric dots
+            ax.scatter(own[:, 0], own[:, 1], s=110 - 35 * c, color=colors[c % 3], zorder=3 + c)
+            mean = own.mean(axis=0)
+            direction = mean / np.linalg.norm(mean)
+            stacked = sum(float(direction @ d) > 0.99 for d in placed)
+            placed.append(direction)
+            ax.annotate(
+                str(len(own)),
+                tuple((1.35 + 0.3 * stacked) * rho * direction),
+                ha="center",
+                va="center",
+                fontsize=9,
+                color=colors[c % 3],
+            )
+        ax.set_title(
+            f"({', '.join(str(n) for n in sizes)})\n"
+            f"loss {result_value(table, setting, 'attained'):.4f}\n"
+            f"simplex {result_value(table, setting, 'simplex_loss'):.4f}",
+            fontsize=9,
+        )
+        ax.set_xlim(-1.9 * rho, 1.9 * rho)
+        ax.set_ylim(-1.9 * rho, 1.9 * rho)
+        ax.set_aspect("equal")
+        ax.axis("off")
+    fig.suptitle(
+        "Minimiser of one batch's SupCon loss per label configuration (b = 9, K = 3): "
+        "it depends on the batch"
+    )
     return save_figure(fig, path)

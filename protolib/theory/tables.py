@@ -1,6 +1,7 @@
 """The tables of the theory target: the bounds (Theorem 2 at the studies' settings,
-Corollary 2 over a range of weight decays; MATH.md §4) and the bound against the loss
-each simulation attained (MATH.md §5)."""
+Corollary 2 over a range of weight decays; MATH.md §4), the bound against the loss
+each simulation attained, and the batch-wise minimisers per label configuration
+(MATH.md §5)."""
 
 from __future__ import annotations
 
@@ -132,3 +133,54 @@ def comparison_markdown(frame: pd.DataFrame) -> str:
                 cells.append(str(value))
         rows.append(cells)
     return markdown_table(list(frame.columns), rows)
+
+
+def batchwise_table(result: UFMResult) -> pd.DataFrame:
+    """One row per label configuration of
+    :func:`~protolib.theory.ufm.batchwise_minimisers` (MATH.md §5.5): the attained loss of
+    that batch, the batch's term of Theorem 2 (its loss at the simplex), the antipodal
+    lower bound, the angles between the class means present (degrees) and whether every
+    class collapsed."""
+    table = result.table
+    rows = []
+    for setting in table.setting.unique():
+        here = table[table.setting == setting]
+        angles = here[here.quantity.str.startswith("class_mean_angle_")]
+        rows.append(
+            {
+                "class sizes": setting.removeprefix("counts="),
+                "ρ": result_value(table, setting, "rho"),
+                "attained": result_value(table, setting, "attained"),
+                "Theorem 2 term (simplex)": result_value(table, setting, "theorem2_term"),
+                "antipodal bound": result_value(table, setting, "antipodal_bound"),
+                "class-mean angles": ", ".join(
+                    f"{q.removeprefix('class_mean_angle_').replace('_', '–')}: "
+                    f"{math.degrees(v):.1f}°"
+                    for q, v in zip(angles.quantity, angles.value, strict=True)
+                ),
+                "collapsed": "yes" if result_value(table, setting, "collapsed") == 1 else "no",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def batchwise_markdown(frame: pd.DataFrame) -> str:
+    """:func:`batchwise_table` as Markdown, losses (summed over a batch's anchors, on the
+    circle of radius ρ) to 6 decimals, with a note on what the Theorem 2 term is (and is
+    not) for one batch."""
+
+    def cell(column: str, value: object) -> str:
+        if column == "ρ":
+            return f"{value:g}"
+        return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+    rows = [
+        [cell(c, v) for c, v in zip(frame.columns, row, strict=True)]
+        for row in frame.itertuples(index=False)
+    ]
+    note = (
+        "\nThe Theorem 2 term of a batch is its loss at the collapsed regular simplex; summed "
+        "over every multiset it is Theorem 2's bound, but a single batch whose classes differ "
+        "in size has a lower minimum: no configuration minimises every batch (MATH.md §5.5).\n"
+    )
+    return markdown_table(list(frame.columns), rows) + note

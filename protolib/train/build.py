@@ -19,6 +19,8 @@ from protolib.data import (
     Augment,
     DatasetSplits,
     DeviceLoader,
+    balance_classes,
+    bound_points,
     check_imbalance,
     corrupt_labels,
     load_dataset,
@@ -79,7 +81,7 @@ def prepare(config: RunConfig) -> Prepared:
     with options_errors("dataset_options"):
         data = load_dataset(config.dataset, **config.dataset_options)
     kept, original, labels, changed = _training_points(config, data)
-    needs = LOSSES.get(config.loss).needs
+    needs = config.loss_needs()
     torch.manual_seed(config.seed)  # the network's initial weights
     network, prototypes, target = _network(config, data, needs)
     loss_options = dict(config.loss_options)
@@ -87,6 +89,9 @@ def prepare(config: RunConfig) -> Prepared:
         loss_options["prototypes"] = prototypes
     if needs.prototypes == "optional":
         loss_options["n_w"] = config.n_w
+    if needs.priors:  # π_c = n_c / N over the labels the run trains on (MATH.md §1.7)
+        counts = torch.bincount(labels, minlength=data.num_classes).to(torch.float64)
+        loss_options["priors"] = counts / counts.sum()
     with options_errors("loss_options"):
         loss = LOSSES.create(config.loss, **loss_options)
     on_cuda = device.type == "cuda"
@@ -127,8 +132,9 @@ def prepare(config: RunConfig) -> Prepared:
 def _training_points(
     config: RunConfig, data: DatasetSplits
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The training points a run uses: kept indices (after imbalance), their original
-    labels, their training labels (after corruption) and the positions that changed."""
+    """The training points a run uses: kept indices (after balancing and imbalance), their
+    original labels, their training labels (after corruption) and the positions that
+    changed (MATH.md §6)."""
     K = data.num_classes
     _, height, width = data.image_shape
     if config.crop_padding > min(height, width):
@@ -136,11 +142,14 @@ def _training_points(
             f"crop_padding must be at most the image size {min(height, width)} for "
             f"{config.dataset} ({height}x{width} images), got {config.crop_padding}"
         )
+    pool = torch.arange(len(data.train.labels))
     try:
-        check_imbalance(data.train.labels, config.imbalance_ratio, K)
+        if config.balance:
+            pool = balance_classes(data.train.labels, K, config.seed)
+        check_imbalance(data.train.labels[pool], config.imbalance_ratio, K)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    kept = step_imbalance(data.train.labels, config.imbalance_ratio, K, config.seed)
+    kept = pool[step_imbalance(data.train.labels[pool], config.imbalance_ratio, K, config.seed)]
     original = data.train.labels[kept]
     labels, changed = corrupt_labels(
         original, config.label_corruption, K, config.seed, mode=config.corruption_mode
@@ -151,8 +160,12 @@ def _training_points(
 def _loaders(
     config: RunConfig, data: DatasetSplits, kept: Tensor, labels: Tensor, device: torch.device
 ) -> tuple[DeviceLoader, DeviceLoader]:
-    """The training loader (sampling, views, augmentation; seeded) of the kept points
-    with their training labels, and the test loader (evaluation only: in order)."""
+    """The training loader (sampling, binding, views, augmentation; seeded) of the kept
+    points with their training labels, and the test loader (evaluation only: in order)."""
+    try:
+        bound = bound_points(labels, config.binding, data.num_classes, config.seed)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     train = DeviceLoader(
         data.train.images[kept],
         labels,
@@ -164,6 +177,7 @@ def _loaders(
         views=config.views,
         augment=Augment(crop_padding=config.crop_padding, flip=config.flip),
         seed=config.seed,
+        bound=bound if config.binding else None,
     )
     test = DeviceLoader(
         data.test.images,

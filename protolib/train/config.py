@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from protolib.choices import CORRUPTION_MODES, PROJECTOR_KINDS, SAMPLINGS
+from protolib.io import one_line
 from protolib.registry import DATASETS, GEOMETRIES, LOSSES, MODELS, load_plugins
 
 SCHEDULES = ("constant", "step", "cosine", "poly")
@@ -38,6 +39,8 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "views": (1, 64),
     "crop_padding": (0, 1024),  # and at most the image's height and width (train.run)
     "n_w": (0, 10_000),
+    "binding": (0, 10_000),  # and at most the smallest class's training points (train.build)
+    "bound_batches": (0, 10**6),
     "projector_dim": (1, 2**16),
     "eval_every": (1, MAX_STEPS),
     "checkpoint_every": (1, MAX_STEPS),
@@ -62,6 +65,7 @@ class RunConfig:
     # data (MATH.md §6)
     dataset: str = "digits"
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    balance: bool = False  # subsample every class to the smallest one's size, first
     imbalance_ratio: float = 1.0
     label_corruption: float = 0.0
     corruption_mode: str = "other"
@@ -80,6 +84,7 @@ class RunConfig:
     # optimisation (MATH.md §7)
     batch_size: int = 256
     sampling: str = "replacement"
+    binding: int = 0  # bound points per class appended to every batch (MATH.md §6)
     views: int = 1
     crop_padding: int = 0
     flip: bool = False
@@ -97,6 +102,7 @@ class RunConfig:
     eval_batch_size: int = 1024
     probe_iterations: int = 1000
     probe_lr: float = 0.1
+    bound_batches: int = 1000  # batches of the trained-network bound comparison (MATH.md §4)
     # execution
     seed: int = 0
     device: str = "auto"
@@ -156,6 +162,15 @@ class RunConfig:
             **{axis.name: axis.python(getattr(self, axis.name)) for axis in AXES},
         }
 
+    def loss_needs(self) -> Any:
+        """What the run's loss needs from the model (a :class:`~protolib.losses.LossNeeds`;
+        a composite loss's depend on its ``loss_options``), or :class:`ConfigError` naming
+        ``loss_options`` when the loss refuses them."""
+        try:
+            return LOSSES.get(self.loss).needs_for(self.loss_options)
+        except ValueError as error:
+            raise ConfigError(f"loss_options: {one_line(error, 300)}") from None
+
     def validate(self) -> None:
         """Check every field; raise :class:`ConfigError` on the first problem."""
         # long: one short check per field, in one place, so each rule is found by its key
@@ -200,15 +215,16 @@ class RunConfig:
                 raise ConfigError(
                     f"{key} must be an integer in {low}..{high}{nullable}, got {value!r}"
                 )
-        uses_prototypes = LOSSES.get(self.loss).needs.prototypes
+        if {"n_w", "prototypes", "priors"} & set(self.loss_options):
+            raise ConfigError(
+                "loss_options may not set n_w, prototypes or priors; use the n_w and geometry "
+                "keys (class priors come from the run's training labels)"
+            )
+        uses_prototypes = self.loss_needs().prototypes
         if self.n_w > 0 and uses_prototypes != "optional":
             raise ConfigError(
                 f"loss {self.loss!r} does not take n_w (prototype copies); set n_w to 0 "
                 f"(losses that take n_w: {', '.join(_losses_with_n_w())})"
-            )
-        if "n_w" in self.loss_options or "prototypes" in self.loss_options:
-            raise ConfigError(
-                "loss_options may not set n_w or prototypes; use the n_w and geometry keys"
             )
         if (self.iterations is None) == (self.epochs is None):
             raise ConfigError("set exactly one of iterations and epochs (the other to null)")

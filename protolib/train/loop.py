@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from protolib.train.bounds import NO_COMPARISON, compare_to_bound
 from protolib.train.build import Prepared
 from protolib.train.checkpoint import (
     CHECKPOINT,
@@ -257,7 +258,8 @@ class Loop:
             test_labels=prep.test_labels,
             num_classes=prep.data.num_classes,
             target_gram=prep.target,
-            classifier=self._classifier(),
+            # a head over the encoder (a composite loss) is not in the embedding's space
+            classifier=self._classifier() if prep.network.head_input == "embedding" else None,
         )
         self._assessed = _Assessment(self.step, train_f, test_f, evaluation)
         return self._assessed
@@ -278,8 +280,10 @@ class Loop:
         A completed run adds its class-mean Gram, γ histograms and linear probe."""
         prep, config = self.prep, self.config
         gram, gammas, probe_accuracy = None, {}, None
+        comparison: dict[str, Any] = {**NO_COMPARISON, "bounds": None}
         if self.status == "completed":
             assessed = self._assess()
+            comparison = compare_to_bound(prep, assessed.train_features)
             gram = assessed.evaluation.gram
             if not gram.isnan().any():
                 gammas = assessed.evaluation.gammas
@@ -313,6 +317,7 @@ class Loop:
             "wall_seconds": wall_seconds,
             "train_seconds": self.train_seconds,
             "attempts": self.attempts,
+            "comparison": comparison,
         }
         summary = write_summary(prep, self.out, record)
         (self.out / RESUME).unlink(missing_ok=True)

@@ -108,7 +108,8 @@ def write_tables(
 class RunFacts:
     """What a finished run's summary is made of: the prepared run, what the loop recorded
     (status, iterations, time_to_fit, final, probe_accuracy, wall_seconds, train_seconds,
-    attempts) and the run directory (whose other outputs are written)."""
+    attempts, comparison: :func:`protolib.train.bounds.compare_to_bound`) and the run
+    directory (whose other outputs are written)."""
 
     prep: Prepared
     record: Mapping[str, Any]
@@ -128,7 +129,9 @@ Source = Callable[[RunFacts], Any]
 
 
 def _images_per_second(facts: RunFacts) -> float | None:
-    images = facts.record["iterations"] * facts.config.batch_size * facts.config.views
+    config = facts.config  # a batch is batch_size sampled images plus the bound ones
+    batch = config.batch_size + config.binding * facts.prep.data.num_classes
+    images = facts.record["iterations"] * batch * config.views
     seconds = facts.record["train_seconds"]
     return images / seconds if seconds > 0 else None
 
@@ -152,6 +155,12 @@ FIGURES: dict[str, Source] = {
     "delta_g": lambda f: f.final.get("train/delta_g"),
     "n_train": lambda f: int(f.prep.kept.numel()),
     "n_corrupted": lambda f: int(f.prep.changed.numel()),
+    "balance": lambda f: f.config.balance,
+    "binding": lambda f: f.config.binding,
+    "bound_kind": lambda f: f.record["comparison"]["bound_kind"],
+    "bound_attained": lambda f: f.record["comparison"]["bound_attained"],
+    "bound_value": lambda f: f.record["comparison"]["bound_value"],
+    "bound_gap": lambda f: f.record["comparison"]["bound_gap"],
     "wall_seconds": lambda f: f.record["wall_seconds"],
     "train_seconds": lambda f: f.record["train_seconds"],
     "images_per_second": _images_per_second,
@@ -176,6 +185,7 @@ EXTRAS: dict[str, Source] = {
     "hostname": lambda f: platform.node(),
     "pid": lambda f: os.getpid(),
     "attempts": lambda f: f.record["attempts"],
+    "bounds": lambda f: f.record["comparison"]["bounds"],
     MANIFEST_KEY: lambda f: build_manifest(f.out),
 }
 

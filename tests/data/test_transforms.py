@@ -1,4 +1,5 @@
-"""STEP imbalance and label corruption (MATH.md §6) against their closed-form counts."""
+"""STEP imbalance, label corruption and class balancing (MATH.md §4, §6) against their
+closed-form counts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from protolib.data import check_imbalance, corrupt_labels, largest_valid_ratio, step_imbalance
+from protolib.data import (
+    balance_classes,
+    check_imbalance,
+    corrupt_labels,
+    largest_valid_ratio,
+    step_imbalance,
+)
 
 
 def uneven_labels(K: int, seed: int = 0) -> torch.Tensor:
@@ -163,3 +170,47 @@ def test_corruption_rejects_bad_mode_and_single_class():
         corrupt_labels(torch.arange(10) % 2, 0.5, 2, seed=0, mode="flip")
     with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
         corrupt_labels(torch.zeros(10, dtype=torch.int64), 0.5, 1, seed=0)
+
+
+@pytest.mark.parametrize("K", [1, 2, 5, 10])
+def test_balance_keeps_the_smallest_class_size_of_every_class(K):
+    labels = uneven_labels(K, seed=K)  # class c has 30 + 7c points
+    kept = balance_classes(labels, K, seed=3)
+    assert kept.dtype == torch.int64
+    assert torch.equal(kept, kept.unique())  # sorted, no repeats
+    assert kept.min() >= 0 and kept.max() < len(labels)
+    assert torch.bincount(labels[kept], minlength=K).tolist() == [30] * K
+    # the smallest class is kept whole
+    assert torch.isin(torch.nonzero(labels == 0).flatten(), kept).all()
+
+
+def test_balance_of_balanced_labels_keeps_everything():
+    labels = torch.from_numpy(np.random.default_rng(0).permutation(np.arange(60) % 4))
+    assert torch.equal(balance_classes(labels, 4, seed=9), torch.arange(60))
+
+
+def test_balance_deterministic_and_seeded():
+    labels = uneven_labels(5)
+    a = balance_classes(labels, 5, seed=1)
+    assert torch.equal(a, balance_classes(labels, 5, seed=1))
+    assert torch.equal(a, balance_classes(labels.numpy(), 5, seed=1))
+    assert not torch.equal(a, balance_classes(labels, 5, seed=2))
+
+
+def test_balance_keeps_each_point_with_equal_chance():
+    """Over seeds, each of class 1's 6 points is kept with probability 3/6 (class 0 has 3)."""
+    labels = torch.tensor([0, 1, 1, 0, 1, 1, 1, 0, 1])
+    runs = 2000
+    kept = np.zeros(len(labels))
+    for seed in range(runs):
+        kept[balance_classes(labels, 2, seed).numpy()] += 1
+    assert (kept[labels.numpy() == 0] == runs).all()
+    share = kept[labels.numpy() == 1] / runs
+    assert np.abs(share - 0.5).max() < 0.05  # σ ≈ 0.011 per point
+
+
+def test_balance_rejects_an_empty_class():
+    with pytest.raises(ValueError, match=r"balance needs .* every class, but class 1 has none"):
+        balance_classes(torch.tensor([0, 2, 2, 0]), 3, seed=0)
+    with pytest.raises(ValueError, match=r"labels must lie in 0..1, got 0..2"):
+        balance_classes(torch.tensor([0, 2, 1]), 2, seed=0)

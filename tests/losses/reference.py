@@ -84,3 +84,33 @@ def loop_limit(
                 )
                 total += math.exp(logits[c]) / (A_c + math.exp(1 / tau))
     return total
+
+
+def loop_supcontrast(
+    members: np.ndarray, labels: list[int], tau: float, *, class_average: bool = False
+) -> float:
+    """SupCon of a literal batch as SupContrast's code computes it with
+    ``base_temperature = τ`` (MATH.md §1.9, ``batch``), one anchor row at a time: a
+    ``logits_mask`` drops the anchor itself, ``mask`` marks the other members with its
+    label, ``log_prob = s − log Σ logits_mask·exp(s)``, the anchor's term is
+    ``−Σ mask·log_prob / Σ mask`` (an anchor without a positive divides 0 by 1), and the
+    batch loss is the mean of the terms over ALL anchors. ``class_average`` replaces the
+    denominator by BCL's class-averaged one (§1.6)."""
+    n = len(labels)
+    terms = []
+    for i in range(n):
+        s = [float(np.dot(members[i], members[j])) / tau for j in range(n)]
+        logits_mask = [0.0 if j == i else 1.0 for j in range(n)]
+        mask = [logits_mask[j] * float(labels[j] == labels[i]) for j in range(n)]
+        if class_average:
+            denominator = 0.0
+            for c in set(labels):
+                in_c = [logits_mask[k] * float(labels[k] == c) for k in range(n)]
+                if sum(in_c):
+                    denominator += sum(w * math.exp(s[k]) for k, w in enumerate(in_c)) / sum(in_c)
+        else:
+            denominator = sum(logits_mask[k] * math.exp(s[k]) for k in range(n))
+        log_prob = [s[j] - math.log(denominator) for j in range(n)]
+        pairs = sum(mask) if sum(mask) >= 1e-6 else 1.0
+        terms.append(-sum(mask[j] * log_prob[j] for j in range(n)) / pairs)
+    return sum(terms) / n

@@ -7,19 +7,28 @@ import torch
 
 from protolib import LOSSES
 from protolib.geometry import make_prototypes
-from protolib.losses import Loss, LossNeeds
+from protolib.losses import Composite, Loss, LossNeeds
 
 K, D = 4, 8
+#: the options a loss cannot be built without (a composite's parts)
+OPTIONS = {"composite": {"parts": {"bcl": {"tau": 0.2}, "ce_la": {"weight": 0.5}}}}
+PRIORS = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
 
 
 def build(name):
-    cls = LOSSES.get(name)
-    options = {}
-    if cls.needs.prototypes != "no":
+    """``name`` built as a training run builds it: its needs (``needs_for`` its options)
+    say which of prototypes, ``n_w`` and priors it receives."""
+    options = dict(OPTIONS.get(name, {}))
+    needs = LOSSES.get(name).needs_for(options)
+    if needs.prototypes != "no":
         options["prototypes"] = make_prototypes("etf", K, D)
-    if cls.needs.prototypes == "optional":
+    if needs.prototypes == "optional":
         options["n_w"] = 5
-    return LOSSES.create(name, **options)
+    if needs.priors:
+        options["priors"] = PRIORS
+    loss = LOSSES.create(name, **options)
+    assert loss.needs == needs
+    return loss
 
 
 def forward(loss, features, labels, head):
@@ -39,7 +48,10 @@ def test_contract_and_descent(name):
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     components = {k: v for k, v in out.items() if k != "loss"}
     assert all(not v.requires_grad and v.ndim == 0 for v in components.values())
-    if components:
+    if isinstance(loss, Composite):  # each part's unweighted value; the total weighted
+        total = sum(loss.weights[name] * value for name, value in components.items())
+        torch.testing.assert_close(total, out["loss"].detach())
+    elif components:
         torch.testing.assert_close(sum(components.values()), out["loss"].detach())
     # gradient descent on free features lowers every loss
     optimizer = torch.optim.SGD([features], lr=0.5)
@@ -56,6 +68,9 @@ def test_contract_and_descent(name):
 @pytest.mark.parametrize("name", LOSSES.names())
 def test_buffers_move_and_round_trip(name):
     loss = build(name).to(torch.float64)
+    for buffer in ("parts.ce_la.priors", "priors"):
+        if buffer in loss.state_dict():
+            assert loss.state_dict()[buffer].dtype == torch.float64
     if loss.prototypes is not None:
         assert loss.prototypes.dtype == torch.float64
         state = loss.state_dict()

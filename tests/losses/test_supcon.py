@@ -217,7 +217,7 @@ def test_half_precision_inputs_are_computed_in_float32():
     ("kwargs", "message"),
     [
         ({"tau": 0.0}, "tau must be a positive number"),
-        ({"reduction": "max"}, "reduction must be one of mean, sum"),
+        ({"reduction": "max"}, "reduction must be one of mean, batch, sum"),
         ({"n_w": -1}, "n_w must be a non-negative integer"),
         ({"n_w": 2.5}, "n_w must be a non-negative integer"),
         ({"n_w": 3}, "needs prototypes"),

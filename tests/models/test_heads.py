@@ -22,6 +22,8 @@ from protolib.registry import LOSSES, MODELS, RegistryError
 
 DIGITS = (1, 8, 8)
 K = 4
+#: the options a loss cannot be built without (a composite's parts)
+LOSS_OPTIONS = {"composite": {"parts": {"bcl": {}, "ce_la": {"weight": 0.5}}}}
 
 
 def small_network(**kwargs) -> Network:
@@ -233,6 +235,84 @@ def test_projector_changes_the_embedding_dim():
         )
 
 
+# --------------------------------------------------------------------------- head over the encoder
+
+
+def test_linear_head_over_the_encoder_reads_the_backbone_output():
+    """With ``head_input="encoder"`` the logits are ``W·backbone(x) + b`` and the features
+    stay the projector's output; the head's loss trains the backbone, not the projector."""
+    torch.manual_seed(0)
+    net = small_network(head="linear", head_input="encoder", projector="mlp", projector_dim=5)
+    assert net.head_input == "encoder" and net.head_dim == 8 and net.embedding_dim == 5
+    assert net.classifier_weight().shape == (K, 8)
+    x = torch.randn(3, 2, *DIGITS)
+    features, logits = net(x)
+    encoded = net.backbone(x.flatten(0, 1))
+    torch.testing.assert_close(features, net.projector(encoded).unflatten(0, (3, 2)))
+    want = encoded @ net.head.weight.T + net.head.bias
+    torch.testing.assert_close(logits, want.unflatten(0, (3, 2)))
+    logits.square().sum().backward()
+    assert all(p.grad is None for p in net.projector.parameters())
+    assert all(p.grad is not None for p in net.backbone.parameters())
+
+
+def test_head_over_the_embedding_is_the_default():
+    torch.manual_seed(0)
+    net = small_network(head="linear", projector="mlp", projector_dim=5)
+    assert net.head_input == "embedding" and net.head_dim == 5
+    features, logits = net(torch.randn(4, *DIGITS))
+    torch.testing.assert_close(logits, features @ net.head.weight.T + net.head.bias)
+
+
+def test_fixed_head_over_the_encoder_needs_prototypes_of_the_encoder_width():
+    prototypes = make_prototypes("etf", K, 8)
+    net = small_network(
+        head="fixed_linear",
+        head_input="encoder",
+        prototypes=prototypes,
+        projector="mlp",
+        projector_dim=5,
+    )
+    x = torch.randn(2, *DIGITS)
+    torch.testing.assert_close(net(x).logits, net.backbone(x) @ prototypes.T)
+    with pytest.raises(ValueError, match=r"the backbone output it reads\) = \(4, 8\); got \(4, 5"):
+        small_network(
+            head="fixed_linear",
+            head_input="encoder",
+            prototypes=torch.randn(K, 5),
+            projector="mlp",
+            projector_dim=5,
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"head": "linear", "head_input": "projector"}, "unknown head_input 'projector'"),
+        ({"head_input": "encoder"}, "head_input 'encoder' needs a head; got head 'none'"),
+    ],
+)
+def test_bad_head_input(options, match):
+    with pytest.raises(ValueError, match=match):
+        small_network(**options)
+
+
+def test_build_network_puts_the_head_where_needs_say():
+    needs = LossNeeds(head="linear", head_input="encoder")
+    net = build_network(
+        "mlp",
+        in_shape=DIGITS,
+        num_classes=K,
+        needs=needs,
+        projector="mlp",
+        projector_dim=6,
+        model_options={"widths": (16,), "out_dim": 10},
+    )
+    assert net.head_input == "encoder" and net.head.in_features == 10
+    features, logits = net(torch.randn(2, *DIGITS))
+    assert features.shape == (2, 6) and logits.shape == (2, K)
+
+
 def test_network_state_dict_round_trip_with_fixed_head():
     torch.manual_seed(0)
     prototypes = make_prototypes("etf", K, 8)
@@ -251,8 +331,8 @@ def test_network_state_dict_round_trip_with_fixed_head():
 def test_every_loss_gets_the_head_it_needs_and_trains(loss_name):
     """The head comes from the loss's LossNeeds; the network's output feeds the loss."""
     torch.manual_seed(0)
-    cls = LOSSES.get(loss_name)
-    needs = cls.needs
+    options = dict(LOSS_OPTIONS.get(loss_name, {}))
+    needs = LOSSES.get(loss_name).needs_for(options)
     d = 8
     prototypes = make_prototypes("etf", K, d)
     net = build_network(
@@ -263,12 +343,13 @@ def test_every_loss_gets_the_head_it_needs_and_trains(loss_name):
         prototypes=prototypes,
         model_options={"widths": (16,), "out_dim": d},
     )
-    assert net.head_kind == needs.head
-    options = {}
+    assert net.head_kind == needs.head and net.head_input == needs.head_input
     if needs.prototypes != "no":
         options["prototypes"] = prototypes
     if needs.prototypes == "optional":
         options["n_w"] = 3
+    if needs.priors:
+        options["priors"] = torch.full((K,), 1 / K, dtype=torch.float64)
     loss = LOSSES.create(loss_name, **options)
     features, logits = net(torch.randn(8, 2, *DIGITS))
     assert (logits is None) == (needs.head == "none")

@@ -55,7 +55,7 @@ def test_schemas_are_the_declared_ones_with_their_metadata(results_grid, name):
     for experiment in results_grid.runs:
         schema = pq.read_schema(results_grid.aggregate_dir(experiment) / name)
         assert schema.equals(ALL_TABLES[name], check_metadata=True), schema
-        assert schema.metadata[b"protolib.schema_version"] == b"1"
+        assert schema.metadata[b"protolib.schema_version"] == b"2"
 
 
 def test_output_does_not_depend_on_the_order_of_run_dirs(results_grid, tmp_path):
@@ -133,10 +133,10 @@ def test_another_schema_version_is_rejected(copies, tmp_path):
     path = copies[0] / "metrics.parquet"
     table = pq.read_table(path)
     pq.write_table(
-        table.replace_schema_metadata({**table.schema.metadata, b"protolib.schema_version": b"2"}),
+        table.replace_schema_metadata({**table.schema.metadata, b"protolib.schema_version": b"1"}),
         path,
     )
-    with pytest.raises(AggregateError, match=r"protolib\.schema_version is '2', expected '1'"):
+    with pytest.raises(AggregateError, match=r"protolib\.schema_version is '1', expected '2'"):
         concat_table([path], METRICS_SCHEMA)
 
 

@@ -21,6 +21,7 @@ import pytest
 from protolib.results import plots, tables
 from protolib.results.aggregate import aggregate
 from protolib.results.markdown import markdown_table
+from protolib.results.plots.gram import gram_figure
 from protolib.results.report import (
     CAPTIONS,
     ITEMS,
@@ -123,7 +124,7 @@ def test_captions_cover_every_plot_and_table_and_are_valid_rst():
 
 def test_report_files_are_the_documented_report_in_order(tmp_path):
     plots_ = ["time_to_fit", "delta_g", "gram", "gamma", "accuracy_vs_imbalance"]
-    tables_ = ["accuracy", "time_to_fit", "delta_g"]
+    tables_ = ["accuracy", "time_to_fit", "trained_bounds", "delta_g"]
     expected = [tmp_path / "plots" / f"{n}.png" for n in plots_] + [
         tmp_path / "tables" / f"{n}.{ext}" for n in tables_ for ext in ("csv", "md", "tex")
     ]
@@ -329,43 +330,15 @@ def test_write_table_formats_and_escapes(tmp_path):
 
 
 # -- Gram selection --------------------------------------------------------------------
-def test_select_gram_runs_follows_the_documented_rule():
-    rows = [
-        # loss, n_w, R, p, seed, status
-        ("supcon", 0, 100, 0.0, 0, "completed"),
-        ("supcon", 100, 100, 0.0, 2, "completed"),
-        ("supcon", 100, 100, 0.0, 1, "completed"),  # <- largest R, p 0, largest n_w, seed 1
-        ("supcon", 100, 100, 0.2, 0, "completed"),
-        ("supcon", 200, 10, 0.0, 0, "completed"),
-        ("bcl", 10, 10, 0.3, 0, "completed"),  # no p = 0 at R = 10: smallest p
-        ("bcl", 10, 10, 0.1, 3, "completed"),  # <-
-        ("bcl", 10, 1, 0.0, 0, "completed"),
-        ("ce", 0, 10, 0.0, 0, "diverged"),
-        ("ce", 0, 10, 0.0, 1, "completed"),  # <- completed runs first
-    ]
-    runs = pd.DataFrame(
-        rows, columns=["loss", "n_w", "imbalance_ratio", "label_corruption", "seed", "status"]
-    )
-    runs["run_id"] = [f"r{i}" for i in range(len(runs))]
-    assert plots.select_gram_runs(runs) == ["r6", "r9", "r2"]  # losses alphabetically
-    many = pd.DataFrame(
-        {
-            "loss": [f"loss{i}" for i in range(8)],
-            "n_w": 0,
-            "imbalance_ratio": 1.0,
-            "label_corruption": 0.0,
-            "seed": 0,
-            "status": "completed",
-            "run_id": [f"id{i}" for i in range(8)],
-        }
-    )
-    assert plots.select_gram_runs(many) == [f"id{i}" for i in range(6)]
-    assert plots.select_gram_runs(many.iloc[:0]) == []
-
-
 def test_default_gram_runs_of_the_experiment(experiment):
-    chosen = plots.select_gram_runs(experiment.frames["runs"])
-    assert chosen == ["ce_nw0_R1_p0.0_s0", "supcon_nw10_R10_p0.0_s0"]
+    """n_w = 0 and the largest n_w per loss at its largest R (the rule: test_gram.py); the
+    ETF targets that real runs record are one target, drawn once."""
+    frames = experiment.frames
+    chosen = plots.select_gram_runs(frames["runs"])
+    assert chosen == ["ce_nw0_R1_p0.0_s0", "supcon_nw0_R10_p0.0_s0", "supcon_nw10_R10_p0.0_s0"]
+    fig = gram_figure(frames["geometry"], frames["runs"], chosen)
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert len(titles) == 4 and titles[0].startswith("target G*")
 
 
 def test_gram_heatmaps_take_explicit_runs_and_reject_unknown_ones(experiment, tmp_path):

@@ -87,7 +87,8 @@ def ce_at_simplex(K, rho, r):
 
 
 @pytest.mark.parametrize(
-    ("K", "rho", "lam"), [(3, 1.0, 1e-3), (3, 1.0, 1e-1), (10, 2.0, 5e-3), (100, 5.0, 1e-4)]
+    ("K", "rho", "lam"),
+    [(2, 1.0, 1e-2), (3, 1.0, 1e-3), (3, 1.0, 1e-1), (10, 2.0, 5e-3), (100, 5.0, 1e-4)],
 )
 def test_ce_bounds_are_attained_at_the_simplex(K, rho, lam):
     bound, r = ce_l2_bound(K, rho, lam)

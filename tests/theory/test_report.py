@@ -6,7 +6,12 @@ import math
 
 import pandas as pd
 
-from protolib.theory.tables import comparison_markdown, comparison_table
+from protolib.theory.tables import (
+    batchwise_markdown,
+    batchwise_table,
+    comparison_markdown,
+    comparison_table,
+)
 from protolib.theory.ufm import UFMResult
 
 
@@ -54,4 +59,30 @@ def test_comparison_table_and_its_markdown_match_a_hand_written_table():
         "| SupCon over all multisets (Theorem 2, per batch) | rho=2 | 12 | 12.5 | 5.00e-01 "
         "| — | — |\n"
         "| SupCon on the circle (simplex value, per anchor) | tau=0.1 | 4 | 4 | — | — | — |\n"
+    )
+
+
+def test_batchwise_table_and_its_markdown_match_a_hand_written_table():
+    rows = [
+        ("counts=2,1", "rho", 2.0),
+        ("counts=2,1", "attained", 1.25),
+        ("counts=2,1", "theorem2_term", 1.5),
+        ("counts=2,1", "antipodal_bound", 1.25),
+        ("counts=2,1", "class_mean_angle_0_1", math.pi),
+        ("counts=2,1", "collapsed", 1.0),
+        ("counts=1,2", "rho", 0.5),
+        ("counts=1,2", "attained", 2.0),
+        ("counts=1,2", "theorem2_term", 2.0),
+        ("counts=1,2", "antipodal_bound", 1.0),
+        ("counts=1,2", "class_mean_angle_0_1", math.pi / 2),
+        ("counts=1,2", "collapsed", 0.0),
+    ]
+    table = batchwise_table(result("batchwise_minimisers", rows))
+    assert batchwise_markdown(table).startswith(
+        "| class sizes | ρ | attained | Theorem 2 term (simplex) | antipodal bound "
+        "| class-mean angles | collapsed |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| 2,1 | 2 | 1.250000 | 1.500000 | 1.250000 | 0–1: 180.0° | yes |\n"
+        "| 1,2 | 0.5 | 2.000000 | 2.000000 | 1.000000 | 0–1: 90.0° | no |\n"
+        "\nThe Theorem 2 term of a batch is its loss at the collapsed regular simplex"
     )

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from protolib.geometry import simplex_gamma
 from protolib.losses import supcon_limit_loss, supcon_loss
 from protolib.theory import bounds, ufm
+from protolib.theory.report import THEORY_FILES, write_theory
 
 # ---------------------------------------------------------------- private references
 
@@ -336,15 +337,42 @@ def test_same_seed_gives_identical_tables(results):
             np.testing.assert_array_equal(again[name].final[key], array)
 
 
-def test_run_all_runs_the_four_with_the_seed(monkeypatch):
+def test_run_all_runs_the_five_with_the_seed(monkeypatch):
     calls = []
-    for name in ("ce_l2", "supcon_circle", "supcon_all_multisets", "limit_geometries"):
+    names = (
+        "ce_l2",
+        "supcon_circle",
+        "supcon_all_multisets",
+        "limit_geometries",
+        "batchwise_minimisers",
+    )
+    for name in names:
         monkeypatch.setattr(ufm, name, lambda seed, name=name: calls.append((name, seed)) or name)
     out = ufm.run_all(seed=7)
-    assert out == {name: name for name, _ in calls}
-    assert calls == [
-        ("ce_l2", 7),
-        ("supcon_circle", 7),
-        ("supcon_all_multisets", 7),
-        ("limit_geometries", 7),
-    ]
+    assert out == {name: name for name in names}
+    assert calls == [(name, 7) for name in names]
+
+
+# ------------------------------------------------------------------ theory files
+
+
+def test_write_theory_writes_every_theory_file_from_the_results(results, tmp_path):
+    """The theory target's files (``protolib theory`` runs :func:`make_theory`, i.e.
+    ``run_all`` then this) from real results: the tidy table holds every simulation's rows,
+    the batch-wise minimisers (MATH.md §5.5) included, with their table and plot."""
+    batchwise = ufm.batchwise_minimisers(configurations=[(7, 2, 0), (3, 3, 3)])
+    written = write_theory(tmp_path / "theory", {**results, "batchwise_minimisers": batchwise})
+    assert list(written) == THEORY_FILES
+    assert "batchwise_minimisers.md" in THEORY_FILES
+    assert "plots/batchwise_minimisers.png" in THEORY_FILES
+    for name, path in written.items():
+        assert path == tmp_path / "theory" / name and path.stat().st_size > 0
+        if name.endswith(".png"):
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = pd.read_parquet(written["ufm.parquet"])
+    assert list(table.simulation.unique()) == [*results, "batchwise_minimisers"]
+    rows = table[table.simulation == "batchwise_minimisers"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(rows, batchwise.table, check_exact=True)
+    markdown = written["batchwise_minimisers.md"].read_text()
+    assert markdown.splitlines()[2].startswith("| 7,2,0 | 2 | 12.547790 | 12.582503 |")
+    assert "Theorem 2" in written["bounds_vs_attained.md"].read_text()

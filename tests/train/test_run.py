@@ -31,6 +31,8 @@ SYNTHETIC = {"num_classes": 4, "channels": 1, "image_size": 8, "train_size": 256
 
 
 def loss_options(name):
+    if name == "composite":
+        return {"loss_options": {"parts": {"bcl": {}, "ce_la": {"weight": 0.5}}}, "n_w": 5}
     needs = LOSSES.get(name).needs
     return {"n_w": 5} if needs.prototypes == "optional" else {}
 
@@ -202,7 +204,10 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, signum):
 
 
 BAD = [
-    (["--set", "loss=supcn"], "unknown loss 'supcn'; known: bcl, ce, ce_fix, supcon"),
+    (
+        ["--set", "loss=supcn"],
+        "unknown loss 'supcn'; known: bcl, ce, ce_fix, ce_la, composite, supcon",
+    ),
     (["--set", "model=resnet"], "unknown model 'resnet'; known:"),
     (["--set", "dataset=mnist"], "unknown dataset 'mnist'; known:"),
     (
@@ -276,7 +281,7 @@ def test_progress_lines_in_batch_mode(tmp_path, capsys):
 def test_metrics_parquet_has_declared_schema_metadata(tmp_path):
     train_run({**QUICK, "iterations": 20}, tmp_path / "run", progress=False)
     meta = pq.read_schema(tmp_path / "run" / "metrics.parquet").metadata
-    assert meta[b"protolib.table"] == b"metrics" and meta[b"protolib.schema_version"] == b"1"
+    assert meta[b"protolib.table"] == b"metrics" and meta[b"protolib.schema_version"] == b"2"
     assert os.listdir(tmp_path / "run")  # and no temporary files were left behind
     assert not [p for p in os.listdir(tmp_path / "run") if p.endswith(".tmp")]
 

@@ -66,6 +66,26 @@ def test_grid_keys_in_base_and_variants_are_honoured():
     assert (supcon["imbalance_ratio"], supcon["seed"], supcon["n_w"]) == (10, 3, 5)
 
 
+def test_a_variants_own_value_replaces_the_grid_for_that_variant_only():
+    cfg = config(
+        losses={
+            "supcon": {"loss": "supcon"},
+            "bcl_bind": {"loss": "bcl", "n_w": 0, "binding": 1, "imbalance_ratio": 2},
+        },
+        grid={"n_w": [0, 5], "imbalance_ratio": [1, 3]},
+    )
+    runs = plan(cfg, SCHEMA).runs["e"]
+    assert set(runs) == {
+        "supcon_nw0_R1_p0_s0",
+        "supcon_nw5_R1_p0_s0",
+        "supcon_nw0_R3_p0_s0",
+        "supcon_nw5_R3_p0_s0",
+        "bcl_bind_nw0_R2_p0_s0",
+    }
+    bound = runs["bcl_bind_nw0_R2_p0_s0"]
+    assert (bound["n_w"], bound["imbalance_ratio"], bound["binding"]) == (0, 2, 1)
+
+
 def test_base_n_w_applies_only_to_losses_that_take_it():
     runs = plan(config(base={**TINY, "n_w": 4}), SCHEMA).runs["e"]
     assert set(runs) == {"ce_R1_p0_s0", "supcon_nw4_R1_p0_s0"}
@@ -78,14 +98,6 @@ def test_base_n_w_applies_only_to_losses_that_take_it():
         (
             {"base": {**TINY, "seed": 1}, "grid": {"seed": [1, 2]}},
             "config: experiments.e.base.seed: 1 conflicts with experiments.e.grid.seed",
-        ),
-        (
-            {
-                "losses": {"ce": {"loss": "ce", "imbalance_ratio": 2}},
-                "grid": {"imbalance_ratio": [3]},
-            },
-            "config: experiments.e.losses.ce.imbalance_ratio: 2 conflicts with "
-            "experiments.e.grid.imbalance_ratio",
         ),
         (
             {"base": {**TINY, "seed": [0, 1]}},
@@ -178,13 +190,21 @@ def test_the_default_config_keeps_its_run_ids():
         for r in (1, 10, 50)
         for s in seeds
     }
+    prototypes |= {
+        f"{loss}_R{r}_p0_s{s}"
+        for loss in ("bcl_bind_nw0", "ce_la")
+        for r in (1, 10, 50)
+        for s in seeds
+    }
     limit = {f"limit_{g}_R10_p0_s0" for g in ("etf", "minority", "collapse")}
+    bounds = {"ce_R1_p0_s0", "supcon_nw0_R1_p0_s0"}
     assert {name: set(r) for name, r in runs.items()} == {
         "fit": fit,
         "prototypes": prototypes,
         "limit": limit,
+        "bounds": bounds,
     }
-    assert sum(map(len, runs.values())) == 65
+    assert sum(map(len, runs.values())) == 79
 
 
 # --------------------------------------------------------------- 4, 5, 6, 9: values

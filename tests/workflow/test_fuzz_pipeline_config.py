@@ -130,7 +130,7 @@ def must_refuse(cfg: dict[str, Any]) -> str | None:
         for axis, values in exp["grid"].items():
             if len({_key(v) for v in values}) < len(values):
                 return "duplicate axis value"
-            if any(axis in s for s in scalars):
+            if axis in base:  # a loss variant's own value replaces the grid's
                 return "grid key in two places"
             if any(not _ok(axis, v) for v in values):
                 return "bad grid value"

@@ -281,7 +281,10 @@ def test_a_failing_tracking_server_fails_the_rule_and_loses_nothing(pipeline):
 
 @pytest.mark.parametrize(
     ("preset", "train_jobs", "experiments"),
-    [("sc_vs_ce.yaml", 4 * 3 * 11 * 3, 4), ("prototypes.yaml", 2 * 4 * 2 * 3 + 3 * 2 * 3, 2)],
+    [
+        ("sc_vs_ce.yaml", 4 * 3 * 11 * 3, 4),
+        ("prototypes.yaml", 2 * 4 * 2 * 3 + 3 * 2 * 3 + 3 * 2 * 3, 2),
+    ],
 )
 def test_study_presets_plan_their_published_grids(tmp_path, preset, train_jobs, experiments):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config()))

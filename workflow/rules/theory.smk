@@ -1,6 +1,7 @@
 # Bounds and unconstrained-features simulations (MATH.md §4–5), on the CPU, beside the
-# training grid: results/theory/{bounds,ufm}.parquet, a Markdown table of bound vs
-# attained loss, and plots (`protolib theory`).
+# training grid: results/theory/{bounds,ufm}.parquet, Markdown tables of bound vs
+# attained loss and of the batch-wise minimisers (§5.5), and plots (`protolib theory`);
+# the outputs are THEORY_FILES.
 
 from protolib.theory.report import THEORY_FILES
 

@@ -1,0 +1,92 @@
+"""The studies' remaining run-level pieces, trained for real on tiny digits runs: exact
+class balancing, batch binding, logit-adjusted and composite losses, and the trained
+network against its loss bound (MATH.md §1.7–1.8, §4, §6)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from protolib.train import ConfigError, RunConfig, train_run
+from protolib.train.build import prepare
+from tests.conftest import tiny_run
+
+BALANCED = tiny_run(balance=True, iterations=30, eval_every=15, batch_size=64, bound_batches=50)
+
+
+def counts(labels) -> list[int]:
+    return torch.bincount(torch.as_tensor(labels), minlength=10).tolist()
+
+
+def test_balance_subsamples_every_class_to_the_smallest():
+    prep = prepare(RunConfig.from_dict(tiny_run(balance=True)))
+    plain = prepare(RunConfig.from_dict(tiny_run()))
+    smallest = min(counts(plain.train_labels))
+    assert counts(prep.train_labels) == [smallest] * 10
+    assert set(prep.kept.tolist()) <= set(plain.kept.tolist())
+    # balancing comes first: STEP imbalance then cuts the minority classes of the balanced set
+    skewed = prepare(RunConfig.from_dict(tiny_run(balance=True, imbalance_ratio=2)))
+    assert counts(skewed.train_labels) == [smallest] * 5 + [smallest // 2] * 5
+
+
+@pytest.fixture(scope="module")
+def bound_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bounds")
+    return {
+        loss: train_run({**BALANCED, "loss": loss}, root / loss, progress=False)
+        for loss in ("ce", "supcon", "ce_la")
+    } | {"unbalanced": train_run({**BALANCED, "balance": False}, root / "plain", progress=False)}
+
+
+def test_trained_networks_sit_above_their_bounds(bound_runs):
+    supcon, ce = bound_runs["supcon"], bound_runs["ce"]
+    assert supcon["bound_kind"] == "supcon_batch"
+    assert ce["bound_kind"] == "ce_theorem1"
+    for summary in (supcon, ce, bound_runs["ce_la"]):
+        assert summary["bound_gap"] >= 0
+        assert summary["bound_gap"] == pytest.approx(
+            summary["bound_attained"] - summary["bound_value"], abs=1e-9
+        )
+    assert supcon["bounds"]["num_batches"] == 50
+    # Theorem 2 per batch for the run's (N, K, b, ρ²= 1/τ) is reported beside the drawn batches'
+    from protolib.theory.bounds import supcon_bound
+
+    expected = supcon_bound(supcon["n_train"], 10, 64, (1 / 0.1) ** 0.5).per_batch
+    assert supcon["bounds"]["theorem2_per_batch"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_runs_without_balanced_labels_report_no_comparison(bound_runs):
+    summary = bound_runs["unbalanced"]
+    assert summary["balance"] is False
+    for key in ("bound_kind", "bound_attained", "bound_value", "bound_gap", "bounds"):
+        assert summary[key] is None
+
+
+def test_binding_trains_and_is_recorded(tmp_path):
+    summary = train_run(
+        tiny_run(loss="bcl", binding=2, views=2, crop_padding=1), tmp_path / "r", progress=False
+    )
+    assert summary["status"] == "completed" and summary["binding"] == 2
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["binding"] == 2
+
+
+def test_binding_beyond_the_smallest_class_is_refused():
+    smallest = min(counts(prepare(RunConfig.from_dict(tiny_run(imbalance_ratio=10))).train_labels))
+    with pytest.raises(ConfigError, match="binding"):
+        prepare(RunConfig.from_dict(tiny_run(imbalance_ratio=10, binding=smallest + 1)))
+
+
+def test_a_composite_loss_logs_each_component(tmp_path):
+    options = {"parts": {"bcl": {"tau": 0.1}, "ce_la": {"weight": 0.5}}}
+    config = tiny_run(loss="composite", loss_options=options, projector="mlp", projector_dim=8)
+    summary = train_run(config, tmp_path / "r", progress=False)
+    assert summary["status"] == "completed"
+    metrics = pd.read_parquet(tmp_path / "r" / "metrics.parquet")
+    train = metrics[metrics.split == "train"]
+    logged = train.pivot(index="step", columns="metric", values="value")
+    assert {"loss", "loss.bcl", "loss.ce_la"} <= set(logged.columns)
+    total = logged["loss.bcl"] + 0.5 * logged["loss.ce_la"]
+    assert logged["loss"].to_numpy() == pytest.approx(total.to_numpy(), rel=1e-5)
