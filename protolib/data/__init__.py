@@ -24,6 +24,7 @@ _EXPORTS = {
     "load_dataset": "protolib.data.datasets",
     "make_splits": "protolib.data.splits",
     "step_imbalance": "protolib.data.transforms",
+    "training_labels": "protolib.data.transforms",
 }
 
 __all__ = sorted(_EXPORTS)

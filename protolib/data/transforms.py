@@ -189,3 +189,29 @@ def bound_points(labels: Tensor, binding: int, num_classes: int, seed: int) -> T
     rng = np.random.default_rng(seed)
     chosen = [rng.permutation(np.flatnonzero(array == c))[:binding] for c in range(num_classes)]
     return torch.from_numpy(np.sort(np.concatenate(chosen)).astype(np.int64))
+
+
+def training_labels(
+    labels: Tensor,
+    num_classes: int,
+    *,
+    balance: bool,
+    imbalance_ratio: float,
+    label_corruption: float,
+    corruption_mode: str,
+    seed: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The transforms of MATH.md §6 in a run's order: balancing (when ``balance``), STEP
+    imbalance, label corruption. Returns ``(kept, train_labels, changed)``: the kept
+    indices into ``labels`` (sorted), their training labels and the positions (into
+    ``kept``) whose label was drawn anew. Raises ``ValueError`` (one line naming the key)
+    when a class would be left without a training point."""
+    pool = torch.arange(len(labels))
+    if balance:
+        pool = balance_classes(labels, num_classes, seed)
+    check_imbalance(labels[pool], imbalance_ratio, num_classes)
+    kept = pool[step_imbalance(labels[pool], imbalance_ratio, num_classes, seed)]
+    train, changed = corrupt_labels(
+        labels[kept], label_corruption, num_classes, seed, mode=corruption_mode
+    )
+    return kept, train, changed

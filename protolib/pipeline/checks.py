@@ -124,6 +124,51 @@ def check_imbalance_ratios(config: Mapping[str, Any], runs: Runs) -> tuple[str, 
     return tuple(notes)
 
 
+def check_binding(config: Mapping[str, Any], runs: Runs) -> tuple[str, ...]:
+    """Refuse a ``binding`` larger than a class of its run's training labels (after
+    balancing, imbalance and corruption, computed here as the train job will); a dataset
+    whose files are absent here is left to its train jobs (a note says so)."""
+    from protolib.data.transforms import bound_points, training_labels
+
+    notes: list[str] = []
+    defaults = RunConfig()
+    for name, experiment in runs.items():
+        for run_id, run in experiment.items():
+            binding = run.get("binding", defaults.binding)
+            if not binding:
+                continue
+            value = {k: run.get(k, getattr(defaults, k)) for k in _LABEL_KEYS}
+            key = json.dumps([value["dataset"], value["dataset_options"]], sort_keys=True)
+            try:
+                splits = _load(key, value["dataset"], value["dataset_options"])
+            except OSError as error:
+                notes.append(_unreadable(value["dataset"], error))
+                continue
+            K = splits.num_classes
+            try:
+                options = {k: value[k] for k in _LABEL_KEYS[2:]}
+                _, labels, _ = training_labels(splits.train.labels, K, **options)
+                bound_points(labels, binding, K, value["seed"])
+            except ValueError as error:
+                where = _written_at(config, name, run[LOSS_NAME], "binding")
+                raise _fail(
+                    f"config: {where}: {' '.join(str(error).split())} (run {run_id})"
+                ) from None
+    return tuple(dict.fromkeys(notes))
+
+
+#: the run-config keys that decide a run's training labels (dataset first)
+_LABEL_KEYS = (
+    "dataset",
+    "dataset_options",
+    "balance",
+    "imbalance_ratio",
+    "label_corruption",
+    "corruption_mode",
+    "seed",
+)
+
+
 def check_prototype_dims(config: Mapping[str, Any], runs: Runs) -> tuple[str, ...]:
     """Refuse a prototype geometry that does not fit the embedding it is used with (e.g.
     ``etf`` with K classes needs at least K − 1 dimensions), for every run that uses

@@ -11,6 +11,7 @@ from typing import Any
 
 from protolib.batching import BATCH_SECONDS
 from protolib.pipeline.checks import (
+    check_binding,
     check_gram_runs,
     check_imbalance_ratios,
     check_prototype_dims,
@@ -99,7 +100,8 @@ def plan(
     notes: tuple[str, ...] = ()
     if check_data:
         notes = check_imbalance_ratios(config, runs)
-        notes += tuple(n for n in check_prototype_dims(config, runs) if n not in notes)
+        for check in (check_binding, check_prototype_dims):
+            notes += tuple(n for n in check(config, runs) if n not in notes)
     report = config.get("report", {})
     gram_runs = check_gram_runs(report.get("gram_runs"), runs)
     return Plan(

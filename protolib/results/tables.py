@@ -113,7 +113,7 @@ def trained_bounds_table(runs: pd.DataFrame) -> pd.DataFrame:
             lambda k: ", ".join(sorted(set(k)))
         )
         table.insert(len(GRID), "bound_kind", kinds.to_numpy())
-    table.attrs["decimals"] = {figure: 6 for figure in figures}
+    table.attrs["decimals"] = dict.fromkeys(figures)  # six significant digits: 1e-21 to 800
     return table
 
 

@@ -19,12 +19,9 @@ from protolib.data import (
     Augment,
     DatasetSplits,
     DeviceLoader,
-    balance_classes,
     bound_points,
-    check_imbalance,
-    corrupt_labels,
     load_dataset,
-    step_imbalance,
+    training_labels,
 )
 from protolib.geometry import GeometryError, make_prototypes, target_gram
 from protolib.io import one_line
@@ -142,19 +139,19 @@ def _training_points(
             f"crop_padding must be at most the image size {min(height, width)} for "
             f"{config.dataset} ({height}x{width} images), got {config.crop_padding}"
         )
-    pool = torch.arange(len(data.train.labels))
     try:
-        if config.balance:
-            pool = balance_classes(data.train.labels, K, config.seed)
-        check_imbalance(data.train.labels[pool], config.imbalance_ratio, K)
+        kept, labels, changed = training_labels(
+            data.train.labels,
+            K,
+            balance=config.balance,
+            imbalance_ratio=config.imbalance_ratio,
+            label_corruption=config.label_corruption,
+            corruption_mode=config.corruption_mode,
+            seed=config.seed,
+        )
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    kept = pool[step_imbalance(data.train.labels[pool], config.imbalance_ratio, K, config.seed)]
-    original = data.train.labels[kept]
-    labels, changed = corrupt_labels(
-        original, config.label_corruption, K, config.seed, mode=config.corruption_mode
-    )
-    return kept, original, labels, changed
+    return kept, data.train.labels[kept], labels, changed
 
 
 def _loaders(

@@ -12,8 +12,6 @@ is a typo or a unit mistake, refused before anything is allocated.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,13 @@ from typing import Any
 from protolib.choices import CORRUPTION_MODES, PROJECTOR_KINDS, SAMPLINGS
 from protolib.io import one_line
 from protolib.registry import DATASETS, GEOMETRIES, LOSSES, MODELS, load_plugins
+from protolib.train.config_json import (
+    ConfigError,
+    check_finite,
+    json_kind,
+    parse_config_json,
+    read_config_file,
+)
 
 SCHEDULES = ("constant", "step", "cosine", "poly")
 DEVICES = ("auto", "cpu", "cuda")
@@ -48,11 +53,6 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "threads": (1, 1024),
     "seed": (0, MAX_SEED),
 }
-MAX_JSON_INT = 2**63 - 1  # no integer in a run config (options included) may exceed this
-
-
-class ConfigError(ValueError):
-    """An invalid run config (the message names the key and what is allowed)."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class RunConfig:
         """Build and validate a config from a mapping (unknown keys are an error)."""
         if not isinstance(data, dict):
             raise ConfigError(
-                f"a run config must be a JSON object ({{...}}), got {_json_kind(data)}"
+                f"a run config must be a JSON object ({{...}}), got {json_kind(data)}"
             )
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
@@ -248,100 +248,6 @@ class RunConfig:
                 f"milestones must be increasing integers in 1..{MAX_STEPS}, "
                 f"got {list(self.milestones)}"
             )
-
-
-def check_finite(value: Any, path: str = "") -> None:
-    """Raise :class:`ConfigError` naming the key path (``loss_options.tau``,
-    ``model_options.widths[0]``) of the first NaN or infinite number in ``value``, or of an
-    integer beyond ±(2**63 − 1), which no tensor or seed can hold."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            check_finite(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            check_finite(item, f"{path}[{i}]")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(
-            f"{path or 'value'} must be a finite number, got {value!r} (NaN and infinities "
-            "are not allowed)"
-        )
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_JSON_INT:
-        raise ConfigError(
-            f"{path or 'value'} is out of range: integers must lie within ±{MAX_JSON_INT}, "
-            f"got {value}"
-        )
-
-
-def parse_config_json(raw: bytes, source: str, *, what: str = "run config") -> dict[str, Any]:
-    """The JSON object in ``raw`` (the bytes of a ``what`` from ``source``, both named in
-    errors). Refuses text that is not UTF-8, not JSON, not an object, or that repeats a key
-    (JSON keeps only the last of a repeated key; a run config honours every key or none)."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            f"{what} {source} is not UTF-8 text (byte {error.start}); give a JSON object"
-        ) from None
-    try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except _DuplicateKey as error:
-        raise ConfigError(
-            f"{what} {source} gives key {error.key!r} twice; give each key once"
-        ) from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{what} {source} is not valid JSON: {error}") from None
-    except RecursionError:
-        raise ConfigError(f"{what} {source} is nested too deeply to be a {what}") from None
-    except ValueError as error:  # e.g. an integer literal longer than Python converts
-        raise ConfigError(f"{what} {source} is not a valid {what}: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{what} {source} must hold a JSON object ({{...}}), got {_json_kind(data)}"
-        )
-    return data
-
-
-def read_config_file(path: str | Path, *, what: str = "run config") -> dict[str, Any]:
-    """Read and parse a ``what`` JSON file (see :func:`parse_config_json`)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {str(path)!r} is a directory, not a JSON file") from None
-    except OSError as error:
-        raise ConfigError(f"{what} {str(path)!r} cannot be read: {error.strerror}") from None
-    return parse_config_json(raw, repr(str(path)), what=what)
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in data:
-            raise _DuplicateKey(key)
-        data[key] = value
-    return data
-
-
-def _json_kind(value: Any) -> str:
-    """How JSON names the type of ``value`` (for error messages)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return type(value).__name__
 
 
 def _check_type(config: RunConfig) -> None:

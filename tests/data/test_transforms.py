@@ -214,3 +214,35 @@ def test_balance_rejects_an_empty_class():
         balance_classes(torch.tensor([0, 2, 2, 0]), 3, seed=0)
     with pytest.raises(ValueError, match=r"labels must lie in 0..1, got 0..2"):
         balance_classes(torch.tensor([0, 2, 1]), 2, seed=0)
+
+
+def test_training_labels_apply_balance_imbalance_and_corruption_in_that_order():
+    from protolib.data.transforms import training_labels
+
+    labels = torch.tensor([0] * 40 + [1] * 30 + [2] * 25 + [3] * 20)
+    kept, train, changed = training_labels(
+        labels,
+        4,
+        balance=True,
+        imbalance_ratio=4,
+        label_corruption=0.25,
+        corruption_mode="other",
+        seed=5,
+    )
+    pool = balance_classes(labels, 4, 5)  # 20 per class
+    expected_kept = pool[step_imbalance(labels[pool], 4, 4, 5)]  # 20, 20, 5, 5
+    assert kept.tolist() == expected_kept.tolist()
+    assert torch.bincount(labels[kept], minlength=4).tolist() == [20, 20, 5, 5]
+    expected_train, expected_changed = corrupt_labels(labels[kept], 0.25, 4, 5, mode="other")
+    assert train.tolist() == expected_train.tolist()
+    assert changed.tolist() == expected_changed.tolist() and len(changed) == 12
+    plain, _, _ = training_labels(
+        labels,
+        4,
+        balance=False,
+        imbalance_ratio=1,
+        label_corruption=0,
+        corruption_mode="other",
+        seed=5,
+    )
+    assert plain.tolist() == list(range(len(labels)))

@@ -419,3 +419,13 @@ def test_the_train_job_gets_exactly_the_values_given_in_base_and_variant(tmp_pat
         "e",
         TINY["model_options"],
     )
+
+
+def test_binding_beyond_a_class_of_the_runs_labels_is_refused_at_plan_time():
+    # digits at R = 50: the minority classes keep 2 or 3 training points
+    cfg = config(losses={"bcl": {"loss": "bcl", "binding": 3}}, grid={"imbalance_ratio": [1, 50]})
+    message = refusal(cfg)
+    assert message.startswith("config: experiments.e.losses.bcl.binding: binding 3 exceeds")
+    assert "(run bcl_nw0_R50_p0_s0)" in message
+    ok = config(losses={"bcl": {"loss": "bcl", "binding": 2}}, grid={"imbalance_ratio": [1, 50]})
+    assert set(plan(ok, SCHEMA).runs["e"]) == {"bcl_nw0_R1_p0_s0", "bcl_nw0_R50_p0_s0"}
