@@ -326,4 +326,11 @@ DATASETS: Registry[Any] = Registry(
     },
 )
 #: evaluation metrics: functions of one ``protolib.geometry.panel.MetricContext``
-METRICS: Registry[Any] = Registry("metric", builtins="protolib.geometry.panel")
+METRICS: Registry[Any] = Registry(
+    "metric",
+    builtins="protolib.geometry.panel",
+    fact_checks={  # where a metric's values are recorded, and when it runs
+        "split": (lambda v: v in ("train", "test"), "train or test"),
+        "cost": (lambda v: v in ("cheap", "expensive"), "cheap or expensive"),
+    },
+)

@@ -247,7 +247,7 @@ def test_builtin_entries_declare_the_facts_resources_read():
     model its costs per sample (a plugin may omit them: resources.py has the defaults)."""
     for name in ("digits", "cifar10", "cifar100", "synthetic"):
         assert {"size", "num_classes", "image_shape"} <= set(DATASETS.facts(name)), name
-    for name in ("mlp", "cnn_small", "resnet18_cifar", "preact_resnet18_cifar"):
+    for name in ("mlp", "cnn_small", "resnet18_cifar", "preact_resnet18_cifar", "resnet32_cifar"):
         assert {"gpu_seconds_per_sample", "cpu_seconds_per_sample"} <= set(MODELS.facts(name))
     assert [name for name, _ in METRICS.entries()][:3] == ["delta_g", "gamma", "neural_collapse"]
 

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from protolib._lazy import lazy_exports
 
+#: the kinds of class imbalance of MATH.md §6 (a run config's ``imbalance``): STEP and
+#: exponential (long-tailed); here, not in :mod:`protolib.data.transforms`, so that the run
+#: config checks them without importing torch
+IMBALANCE_KINDS: tuple[str, ...] = ("step", "exp")
+#: STEP's minority fraction ``μ`` when none is given: the last ``⌊K/2⌋`` classes
+DEFAULT_MINORITY_FRACTION = 0.5
+
 #: exported name → the module that defines it
 _EXPORTS = {
     "Augment": "protolib.data.loader",
@@ -20,13 +27,17 @@ _EXPORTS = {
     "bound_points": "protolib.data.transforms",
     "check_imbalance": "protolib.data.transforms",
     "corrupt_labels": "protolib.data.transforms",
+    "exp_imbalance": "protolib.data.transforms",
+    "imbalanced_indices": "protolib.data.transforms",
+    "kept_counts": "protolib.data.transforms",
     "largest_valid_ratio": "protolib.data.transforms",
     "load_dataset": "protolib.data.datasets",
     "make_splits": "protolib.data.splits",
+    "split_sha256": "protolib.data.transforms",
     "step_imbalance": "protolib.data.transforms",
     "training_labels": "protolib.data.transforms",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "DEFAULT_MINORITY_FRACTION", "IMBALANCE_KINDS"])
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,9 +1,9 @@
 """Models: backbones (registered in ``protolib.MODELS``, plus ``timm:<name>``) and heads.
 
 Registered backbones: ``mlp``, ``cnn_small``, ``resnet18_cifar``,
-``preact_resnet18_cifar`` (MATH.md §7). :func:`build_network` puts a backbone, an
-optional projector and the head a loss's ``LossNeeds`` asks for into one
-:class:`Network` returning ``NetworkOutput(features, logits)``.
+``preact_resnet18_cifar`` (MATH.md §7), ``resnet32_cifar`` (the long-tail protocol's).
+:func:`build_network` puts a backbone, an optional projector and the head a loss's
+``LossNeeds`` asks for into one :class:`Network` returning ``NetworkOutput(features, logits)``.
 
 The names below load their module on first use: the ``MODELS`` registry imports
 ``protolib.models.backbones`` alone.

@@ -3,11 +3,11 @@
 ``config.yaml`` names one or more experiments; each has ``base`` run-config keys, named
 loss variants (a registered loss plus run-config keys for it) and a ``grid`` over the
 axes of the results contract (:mod:`protolib.results.contract`: ``n_w``,
-``imbalance_ratio``, ``label_corruption`` and ``seed``). A grid key may instead be one
-scalar in ``base`` or in a loss variant (the variant's wins for that variant): a
-one-value axis. The ``n_w`` axis of ``grid`` and ``base`` is expanded only for losses
-that take prototype copies (``LossNeeds.prototypes == "optional"``), so plain CE is not
-repeated per ``n_w``.
+``imbalance_ratio``, ``imbalance``, ``minority_fraction``, ``label_corruption`` and
+``seed``). A grid key may instead be one scalar in ``base`` or in a loss variant (the
+variant's replaces the base's and the grid's for that variant): a one-value axis. The
+``n_w`` axis of ``grid`` and ``base`` is expanded only for losses that take prototype
+copies (``LossNeeds.prototypes == "optional"``), so plain CE is not repeated per ``n_w``.
 
 :func:`plan` is everything the workflow does before Snakemake builds its DAG: import the
 plugins, validate against the JSON schema (registry names filled in), expand the grid

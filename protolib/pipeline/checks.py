@@ -1,7 +1,8 @@
 """Plan-time checks: what can be checked before any job, cheaply.
 
-The ``results`` folder; every imbalance ratio against its dataset (a class must keep a
-training point); every prototype geometry against the embedding it is used with; dataset
+The ``results`` folder; every imbalance ratio against its dataset under its run's
+imbalance (``step`` with its minority fraction, or ``exp``: a class must keep a training
+point); every prototype geometry against the embedding it is used with; dataset
 options; ``report.gram_runs``. Each dataset is loaded once per process, never
 downloaded; one whose files are absent here is left to its train jobs (a note says so).
 """
@@ -18,7 +19,7 @@ from typing import Any
 from protolib.pipeline.errors import fail as _fail
 from protolib.pipeline.grid import GRID_AXES, LOSS_NAME
 from protolib.registry import DATASETS, LOSSES, RegistryError
-from protolib.results.contract import IMBALANCE_RATIO, N_W
+from protolib.results.contract import IMBALANCE, IMBALANCE_RATIO, MINORITY_FRACTION, N_W
 from protolib.train.config import RunConfig
 
 #: Characters allowed in the ``results`` folder (it goes unquoted into shell commands and
@@ -82,12 +83,13 @@ def _load(key: str, dataset: str, options: Mapping[str, Any]) -> Any:
 
 
 def check_imbalance_ratios(config: Mapping[str, Any], runs: Runs) -> tuple[str, ...]:
-    """Refuse an imbalance ratio that leaves a class without a training point; each
-    dataset is loaded once per options. A dataset whose files are absent here is not
-    checked (its train jobs check before writing anything): a note says so."""
+    """Refuse an imbalance ratio that leaves a class without a training point under its
+    run's imbalance (``step`` with its ``minority_fraction``, or ``exp``); each dataset is
+    loaded once per options. A dataset whose files are absent here is not checked (its
+    train jobs check before writing anything): a note says so."""
     from protolib.data.transforms import balance_classes, check_imbalance
 
-    wanted: dict[str, tuple[str, dict[str, Any], str, set[float], bool]] = {}
+    wanted: dict[str, tuple[str, dict[str, Any], str, set[tuple[Any, ...]], bool]] = {}
     for name, experiment in runs.items():
         for run in experiment.values():
             dataset = run.get("dataset", RunConfig.dataset)
@@ -96,13 +98,13 @@ def check_imbalance_ratios(config: Mapping[str, Any], runs: Runs) -> tuple[str, 
             key = json.dumps([dataset, options], sort_keys=True)
             where = _written_at(config, name, run[LOSS_NAME], "dataset_options")
             entry = (dataset, options, where, set(), balance)
-            wanted.setdefault(f"{key}{balance}", entry)[3].add(run[RATIO])
+            wanted.setdefault(f"{key}{balance}", entry)[3].add(_imbalance_of(run))
     notes = []
-    for dataset, options, where, ratios, balance in wanted.values():
+    for dataset, options, where, imbalances, balance in wanted.values():
         key = json.dumps([dataset, options], sort_keys=True)
         _check_options(where, dataset, options)
-        ratios.discard(1)
-        if not ratios:
+        imbalances = {i for i in imbalances if i[0] != 1}  # R = 1 keeps every point
+        if not imbalances:
             continue
         try:
             splits = _load(key, dataset, options)
@@ -114,14 +116,19 @@ def check_imbalance_ratios(config: Mapping[str, Any], runs: Runs) -> tuple[str, 
             continue
         except Exception as error:
             raise _fail(f"config: {where}: {error}") from None
-        for ratio in sorted(ratios):
+        for ratio, kind, fraction in sorted(imbalances):
             try:
-                check_imbalance(labels, ratio, num_classes)
+                check_imbalance(labels, ratio, num_classes, kind=kind, minority_fraction=fraction)
             except ValueError as error:
-                raise _fail(
-                    f"config: {_ratio_key(config, runs, dataset, options, ratio)}: {error}"
-                ) from None
+                at = _ratio_key(config, runs, dataset, options, (ratio, kind, fraction))
+                raise _fail(f"config: {at}: {error}") from None
     return tuple(notes)
+
+
+def _imbalance_of(run: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A planned run's ``(imbalance_ratio, imbalance, minority_fraction)`` (every grid
+    axis is in a planned run)."""
+    return (run[RATIO], run[IMBALANCE.name], run[MINORITY_FRACTION.name])
 
 
 def check_binding(config: Mapping[str, Any], runs: Runs) -> tuple[str, ...]:
@@ -162,7 +169,9 @@ _LABEL_KEYS = (
     "dataset",
     "dataset_options",
     "balance",
+    "imbalance",
     "imbalance_ratio",
+    "minority_fraction",
     "label_corruption",
     "corruption_mode",
     "seed",
@@ -264,20 +273,21 @@ def _ratio_key(
     runs: Runs,
     dataset: str,
     options: Mapping[str, Any],
-    ratio: float,
+    imbalance: tuple[Any, ...],
 ) -> str:
-    """The key path where an imbalance ratio was written (for the error message)."""
+    """The key path where the imbalance ratio of a run with ``imbalance`` (its
+    :func:`_imbalance_of`) was written (for the error message)."""
     for name, experiment in runs.items():
         for run in experiment.values():
             if (
-                run[RATIO] == ratio
+                _imbalance_of(run) == imbalance
                 and run.get("dataset", RunConfig.dataset) == dataset
                 and run.get("dataset_options", {}) == dict(options)
             ):
                 where = _written_at(config, name, run[LOSS_NAME], RATIO)
                 if where.endswith(f".grid.{RATIO}"):
                     values = config["experiments"][name]["grid"][RATIO]
-                    where += f".{values.index(ratio)}"
+                    where += f".{values.index(imbalance[0])}"
                 return where
     return RATIO
 

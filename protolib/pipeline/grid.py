@@ -1,12 +1,14 @@
 """The grid: axis values checked, run ids, and an experiment expanded into run configs.
 
 The axes and their defaults are the results contract's (:mod:`protolib.results.contract`):
-``n_w``, ``imbalance_ratio``, ``label_corruption`` and ``seed``. An axis is a list under
-an experiment's ``grid``, or one scalar in its ``base`` or in a loss variant (the
-variant's wins for that variant): a one-value axis. The ``n_w`` axis of ``grid`` and
-``base`` is expanded only for losses that take prototype copies
-(``LossNeeds.prototypes == "optional"``), so plain CE is not repeated per ``n_w``. Each
-grid point has a distinct, readable run id (:func:`run_id`).
+``n_w``, ``imbalance_ratio``, ``imbalance``, ``minority_fraction``, ``label_corruption``
+and ``seed``. An axis is a list under an experiment's ``grid``, or one scalar in its
+``base`` or in a loss variant (the variant's wins for that variant): a one-value axis.
+The ``n_w`` axis of ``grid`` and ``base`` is expanded only for losses that take prototype
+copies (``LossNeeds.prototypes == "optional"``), so plain CE is not repeated per ``n_w``;
+likewise ``minority_fraction`` only for ``imbalance: step`` (:data:`APPLIES_WITH`), and a
+value of it that no run uses is refused. Each grid point has a distinct, readable run id
+(:func:`run_id`).
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from protolib.data import IMBALANCE_KINDS
 from protolib.pipeline.errors import fail as _fail
 from protolib.registry import LOSSES
 from protolib.results.contract import (
     AXES,
     AXIS_NAMES,
     EXPERIMENT,
+    IMBALANCE,
     IMBALANCE_RATIO,
     LABEL_CORRUPTION,
+    MINORITY_FRACTION,
     N_W,
     RUN_ID,
     SEED,
@@ -33,6 +38,9 @@ from protolib.train.config import INT_RANGES, RunConfig
 GRID_AXES = AXIS_NAMES
 #: the values of an axis that a config does not set
 GRID_DEFAULTS: dict[str, list[Any]] = {axis.name: [axis.default] for axis in AXES}
+#: an axis that applies only where another axis has one value: elsewhere a grid point
+#: takes its default (not repeated per value), as ``n_w`` for losses without prototypes
+APPLIES_WITH: dict[str, tuple[str, Any]] = {MINORITY_FRACTION.name: (IMBALANCE.name, "step")}
 #: the run-config key of the loss variant's name (the ``loss`` column of every table)
 LOSS_NAME = "loss_name"
 #: Run-config keys the pipeline sets itself; a config may not set them.
@@ -58,6 +66,11 @@ def _int_rule(axis: str) -> tuple[Callable[[Any], bool], str]:
 AXIS_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     N_W.name: _int_rule(N_W.name),
     IMBALANCE_RATIO.name: (lambda v: _is_finite(v) and v >= 1, "a finite number >= 1"),
+    IMBALANCE.name: (
+        lambda v: isinstance(v, str) and v in IMBALANCE_KINDS,
+        f"one of {', '.join(IMBALANCE_KINDS)}",
+    ),
+    MINORITY_FRACTION.name: (lambda v: _is_finite(v) and 0 < v <= 1, "a number in (0, 1]"),
     LABEL_CORRUPTION.name: (lambda v: _is_finite(v) and 0 <= v <= 1, "a number in [0, 1]"),
     SEED.name: _int_rule(SEED.name),
 }
@@ -101,14 +114,25 @@ def format_number(value: float) -> str:
 
 def run_id(variant: str, values: Mapping[str, Any], *, uses_n_w: bool = True) -> str:
     """Readable run id of the grid point ``values`` (axis → value) of a loss variant: each
-    axis's tag and value after the variant's name, e.g. ``supcon_nw10_R10_p0.2_s0``
-    (``_nw`` only for losses that take it, ``uses_n_w``)."""
-    tags = (
-        f"_{axis.tag}{format_number(values[axis.name])}"
-        for axis in AXES
-        if uses_n_w or axis is not N_W
-    )
-    return variant + "".join(tags)
+    axis's tag and value after the variant's name, e.g. ``supcon_nw10_R10_p0.2_s0``,
+    ``ce_R100_exp_p0_s0``, ``supcon_nw0_R10_mu0.3_p0_s0`` (``_nw`` only for losses that
+    take it, ``uses_n_w``; an axis with ``omit_default`` only off its default)."""
+    parts = []
+    for axis in AXES:  # an axis left out of ``values`` with omit_default is at its default
+        value = values.get(axis.name, axis.default) if axis.omit_default else values[axis.name]
+        if (axis is N_W and not uses_n_w) or (axis.omit_default and value == axis.default):
+            continue
+        parts.append(f"_{axis.tag}{value if axis.python is str else format_number(value)}")
+    return variant + "".join(parts)
+
+
+def _applicable(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each :data:`APPLIES_WITH` axis at its default where it does not
+    apply (a ``minority_fraction`` of an ``exp`` grid point)."""
+    for axis, (other, needed) in APPLIES_WITH.items():
+        if values[other] != needed:
+            values[axis] = GRID_DEFAULTS[axis][0]
+    return values
 
 
 def _point(variant: str, values: Mapping[str, Any]) -> str:
@@ -165,21 +189,42 @@ def _variant_axes(
     uses_n_w: bool,
     base_axes: Mapping[str, Any],
     grid: Mapping[str, list[Any]],
-) -> dict[str, list[Any]]:
-    """The values of each axis for one loss variant."""
+) -> tuple[dict[str, list[Any]], dict[str, list[str]]]:
+    """The values of each axis for one loss variant, and where each value is written (a
+    key path; ``""`` for a default)."""
     axes: dict[str, list[Any]] = {}
+    written: dict[str, list[str]] = {}
     for axis in GRID_AXES:
         if axis in spec:  # the variant's one value, over the base's and the grid's
             where = f"experiments.{name}.losses.{variant}"
             _check_scalar_axis(name, where, axis, spec[axis], {})
-            axes[axis] = [spec[axis]]
+            axes[axis], written[axis] = [spec[axis]], [f"{where}.{axis}"]
         elif axis == N_W.name and not uses_n_w:
             axes[axis] = [N_W.default]  # losses without prototype copies: not repeated per n_w
+            written[axis] = [""]
         elif axis in base_axes:
             axes[axis] = [base_axes[axis]]
+            written[axis] = [f"experiments.{name}.base.{axis}"]
+        elif axis in grid:
+            axes[axis] = list(grid[axis])
+            written[axis] = [f"experiments.{name}.grid.{axis}.{i}" for i in range(len(grid[axis]))]
         else:
-            axes[axis] = list(grid.get(axis, GRID_DEFAULTS[axis]))
-    return axes
+            axes[axis], written[axis] = list(GRID_DEFAULTS[axis]), [""]
+    return axes, written
+
+
+def _check_all_used(name: str, asked: Mapping[tuple[str, str], tuple[Any, bool]]) -> None:
+    """Refuse a value of an :data:`APPLIES_WITH` axis that no run of the experiment uses
+    (``asked``: (axis, key path) → (value, used))."""
+    for (axis, where), (value, used) in asked.items():
+        if not used:
+            other, needed = APPLIES_WITH[axis]
+            raise _fail(
+                f"config: {where}: {value!r} is not allowed: no run of experiment {name!r} "
+                f"has {other} {needed!r}, the only one {axis} applies to; allowed: {axis} "
+                f"with {other} {needed!r} (set {other}: {needed} for those runs, or remove "
+                f"{axis})"
+            )
 
 
 def _check_reserved(where: str, mapping: Mapping[str, Any]) -> None:
@@ -226,6 +271,7 @@ def expand_experiment(
     shared = {k: v for k, v in base.items() if k not in GRID_AXES}
     runs: dict[str, dict[str, Any]] = {}
     points: dict[str, str] = {}
+    asked: dict[tuple[str, str], tuple[Any, bool]] = {}  # APPLIES_WITH values and their use
     for variant, spec in experiment["losses"].items():
         where = f"experiments.{name}.losses.{variant}"
         _check_reserved(where, spec)
@@ -235,7 +281,7 @@ def expand_experiment(
             uses_n_w = LOSSES.get(spec["loss"]).needs_for(options).prototypes == "optional"
         except (TypeError, ValueError) as error:
             raise _fail(f"config: {where}.loss_options: {' '.join(str(error).split())}") from None
-        axes = _variant_axes(name, variant, spec, uses_n_w, base_axes, grid)
+        axes, written = _variant_axes(name, variant, spec, uses_n_w, base_axes, grid)
         fixed = {
             **shared,
             **{k: v for k, v in spec.items() if k not in GRID_AXES},
@@ -249,12 +295,17 @@ def expand_experiment(
             fixed["plugins"] = []
         # Run configs of a variant differ only in their grid keys, each checked above for
         # every value (as RunConfig checks them: one at a time); validate one run fully.
-        corner = {axis: values[0] for axis, values in axes.items()}
+        corner = _applicable({axis: values[0] for axis, values in axes.items()})
         _validate_run(
             where, {**fixed, **corner, RUN_ID.name: run_id(variant, corner, uses_n_w=uses_n_w)}
         )
+        seen: set[tuple[Any, ...]] = set()
         for combo in itertools.product(*(axes[a] for a in GRID_AXES)):
-            values = dict(zip(GRID_AXES, combo, strict=True))
+            values = _applicable(dict(zip(GRID_AXES, combo, strict=True)))
+            point = tuple(values.values())
+            if point in seen:  # an axis that does not apply here, at its default once
+                continue
+            seen.add(point)
             rid = run_id(variant, values, uses_n_w=uses_n_w)
             if rid in runs:
                 raise _fail(
@@ -264,6 +315,13 @@ def expand_experiment(
                 )
             points[rid] = _point(variant, values)
             runs[rid] = {**fixed, RUN_ID.name: rid, **values}
+        for axis in APPLIES_WITH:
+            taken = {point[GRID_AXES.index(axis)] for point in seen}
+            for value, at in zip(axes[axis], written[axis], strict=True):
+                if at and value != GRID_DEFAULTS[axis][0]:
+                    before = asked.get((axis, at), (value, False))[1]
+                    asked[(axis, at)] = (value, before or value in taken)
+    _check_all_used(name, asked)
     return runs
 
 

@@ -2,8 +2,9 @@
 
 - The key columns every results table starts with: a run's identity (``run_id``,
   ``experiment``) and its grid point (the loss variant ``loss`` and the :data:`AXES`
-  ``n_w``, ``imbalance_ratio``, ``label_corruption``, ``seed``), each axis with its Arrow
-  and Python type, its default and its spelling in a run id.
+  ``n_w``, ``imbalance_ratio``, ``imbalance``, ``minority_fraction``,
+  ``label_corruption``, ``seed``), each axis with its Arrow and Python type, its default
+  and its spelling in a run id.
 - The columns of the four tables (:data:`TABLES`): ``runs`` (one row per run, from
   ``summary.json``), ``metrics``, ``geometry`` and ``gamma``; and the keys of
   ``summary.json`` that ``runs.parquet`` does not hold (:data:`SUMMARY_ONLY`).
@@ -29,14 +30,18 @@ class Column:
 
 @dataclass(frozen=True)
 class Axis(Column):
-    """A numeric grid axis: its column, the Python type of its values in the tables,
-    the value of a grid point that does not set it, and its tag in a run id (``nw`` in
-    ``supcon_nw10_R10_p0.2_s0``)."""
+    """A grid axis: its column, the Python type of its values in the tables (``int``,
+    ``float`` or ``str``), the value of a grid point that does not set it, its tag in a run
+    id (``nw`` in ``supcon_nw10_R10_p0.2_s0``; a string axis's value follows its tag
+    as it is, ``exp`` with the empty tag), and whether a run id leaves out the axis at
+    its default (an axis added after run ids were published, so that they stay)."""
 
     python: type = int
-    #: an integer (1 == 1.0): the value the pipeline writes into a run config unchanged
-    default: int = 0
+    #: the value the pipeline writes into a run config unchanged: an integer for a
+    #: numeric axis (1 == 1.0) unless its default is not one, a string for a string axis
+    default: int | float | str = 0
     tag: str = ""
+    omit_default: bool = False
 
 
 RUN_ID = Column("run_id", "string", nullable=False)
@@ -47,13 +52,34 @@ N_W = Axis("n_w", "int64", nullable=False, python=int, default=0, tag="nw")
 IMBALANCE_RATIO = Axis(
     "imbalance_ratio", "float64", nullable=False, python=float, default=1, tag="R"
 )
+#: the kind of class imbalance (MATH.md §6): ``step`` (left out of run ids) or ``exp``
+IMBALANCE = Axis(
+    "imbalance", "string", nullable=False, python=str, default="step", omit_default=True
+)
+#: STEP's minority fraction μ (MATH.md §6): ``_mu0.3`` in a run id unless it is 0.5
+MINORITY_FRACTION = Axis(
+    "minority_fraction",
+    "float64",
+    nullable=False,
+    python=float,
+    default=0.5,
+    tag="mu",
+    omit_default=True,
+)
 LABEL_CORRUPTION = Axis(
     "label_corruption", "float64", nullable=False, python=float, default=0, tag="p"
 )
 SEED = Axis("seed", "int64", nullable=False, python=int, default=0, tag="s")
 
-#: the numeric grid axes, in run-id order
-AXES: tuple[Axis, ...] = (N_W, IMBALANCE_RATIO, LABEL_CORRUPTION, SEED)
+#: the grid axes, in run-id order
+AXES: tuple[Axis, ...] = (
+    N_W,
+    IMBALANCE_RATIO,
+    IMBALANCE,
+    MINORITY_FRACTION,
+    LABEL_CORRUPTION,
+    SEED,
+)
 AXIS_NAMES = tuple(axis.name for axis in AXES)
 #: a run's grid point: the loss variant and the axes
 GRID_COLUMNS = (LOSS.name, *AXIS_NAMES)
@@ -81,8 +107,23 @@ RUNS_FIGURES = _columns(
     ("mean_classifier_accuracy", "float64"),
     ("probe_accuracy", "float64"),
     ("delta_g", "float64"),
+    # the metric panel at the last evaluation (MATH.md §3): test accuracy per class-size
+    # group (null when the group has no class), kNN and nearest-class-mean agreement on
+    # the test set, and the collapse statistics of the training embeddings
+    ("accuracy_many", "float64"),
+    ("accuracy_medium", "float64"),
+    ("accuracy_few", "float64"),
+    ("knn_accuracy", "float64"),
+    ("ncc_agreement", "float64"),
+    ("effective_rank", "float64"),
+    ("cdnv", "float64"),
+    ("alignment", "float64"),
+    ("uniformity", "float64"),
     ("n_train", "int64"),
     ("n_corrupted", "int64"),
+    # SHA-256 of the kept training indices and their training labels (MATH.md §6;
+    # protolib.data.transforms.split_sha256): equal for runs that train on the same data
+    ("split_sha256", "string"),
     ("balance", "bool_"),
     ("binding", "int64"),
     # trained network against its loss bound (MATH.md §4, last bullet): which bound, the

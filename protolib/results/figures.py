@@ -2,7 +2,8 @@
 
 Figures are drawn on the Agg canvas directly (no pyplot, no display, no global backend
 switch) and saved as PNG atomically (:func:`protolib.io.write_atomic`). The series
-helpers draw one mean-over-seeds line with its min–max band per ``(loss, n_w)``.
+helpers draw one mean-over-seeds line per ``(loss, n_w)`` with its band, the 95 % Student-t
+interval of the mean (:mod:`protolib.results.intervals`; no band where a point has one seed).
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from protolib.io import write_atomic
+from protolib.results.intervals import CONFIDENCE, summarise
 
 DPI = 120
-SPREAD = "line: mean over seeds; band: min–max; points: seeds"
+SPREAD = (
+    f"line: mean over seeds; band: {CONFIDENCE * 100:g} % t-interval of the mean; points: seeds"
+)
+#: the same without the points
+BAND = SPREAD.removesuffix("; points: seeds")
 DELTA_G = r"$\Delta_G$"
 
 
@@ -58,15 +64,31 @@ def note_above(ax: Axes, text: str) -> None:
     note(ax, text, y=0.92)
 
 
-def empty_figure(path: str | Path, title: str, text: str) -> Path:
-    """A titled figure with no data, only ``text`` saying why; saved to ``path``."""
+def blank_figure(title: str, text: str) -> Figure:
+    """A titled figure with no data, only ``text`` saying why."""
     fig = new_figure(7, 4.5)
     ax = fig.add_subplot()
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
     note(ax, text)
-    return save_figure(fig, path)
+    return fig
+
+
+def empty_figure(path: str | Path, title: str, text: str) -> Path:
+    """:func:`blank_figure` saved to ``path``."""
+    return save_figure(blank_figure(title, text), path)
+
+
+def clamp_ylim(ax: Axes, low: float | None = None, high: float | None = None) -> None:
+    """Keep ``ax``'s y range within ``[low, high]`` (2 % margin): the figure's own bounds
+    (an accuracy in [0, 1]), which a wide interval band of few seeds may cross."""
+    bottom, top = ax.get_ylim()
+    margin = 0.02 * ((high if high is not None else top) - (low if low is not None else bottom))
+    ax.set_ylim(
+        bottom if low is None else max(bottom, low - margin),
+        top if high is None else min(top, high + margin),
+    )
 
 
 def series_label(loss: str, n_w: int) -> str:
@@ -87,6 +109,22 @@ def sequential_colors(keys: Sequence) -> dict:
     return {key: cmap(float(x)) for key, x in zip(keys, positions, strict=True)}
 
 
+#: the imbalance axes besides the ratio, each with its default (the results contract)
+IMBALANCE_SHAPE = (("imbalance", "step"), ("minority_fraction", 0.5))
+
+
+def one_imbalance_shape(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one imbalance kind and minority fraction (the defaults when present, else
+    the first values), so that a curve over the ratio never pools STEP with exponential
+    imbalance or two minority fractions."""
+    for column, default in IMBALANCE_SHAPE:
+        if column in df and df[column].nunique() > 1:
+            values = set(df[column])
+            keep = default if default in values else sorted(values, key=str)[0]
+            df = df[df[column] == keep]
+    return df
+
+
 def at_level(df: pd.DataFrame, column: str, preferred: float) -> tuple[pd.DataFrame, float]:
     """Rows at ``column == preferred``; when there are none, at the smallest value present."""
     if df.empty:
@@ -100,13 +138,10 @@ def at_level(df: pd.DataFrame, column: str, preferred: float) -> tuple[pd.DataFr
 
 
 def seed_stats(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Mean, min, max and count of ``y`` over seeds at each ``x`` (sorted by ``x``)."""
-    return (
-        df.groupby(x, sort=True)[y]
-        .agg(mean="mean", low="min", high="max", n="count")
-        .reset_index()
-        .sort_values(x)
-    )
+    """Per value of ``x`` (sorted): the mean of ``y`` over seeds, its 95 % t-interval
+    ``low``–``high`` (NaN with one seed) and the count ``n`` of non-null values."""
+    stats = summarise(df.groupby(x, sort=True)[y])
+    return stats.rename(columns={"ci_low": "low", "ci_high": "high"}).reset_index()
 
 
 def series_keys(df: pd.DataFrame) -> list[tuple[str, int]]:
@@ -116,14 +151,31 @@ def series_keys(df: pd.DataFrame) -> list[tuple[str, int]]:
 
 
 def draw_series(ax: Axes, stats: pd.DataFrame, x: str, color, label: str) -> None:
-    """The mean line of ``stats`` (:func:`seed_stats`) with its min–max band if seeds > 1."""
+    """The mean line of ``stats`` (:func:`seed_stats`) and, at each point with ≥ 2 seeds,
+    its interval as a capped bar, filled as a band between neighbouring such points (a
+    point with one seed has neither)."""
     ax.plot(stats[x], stats["mean"], "-o", color=color, lw=1.8, ms=4, label=label)
-    if (stats["n"] > 1).any():
-        ax.fill_between(stats[x], stats["low"], stats["high"], color=color, alpha=0.15, lw=0)
+    banded = stats["n"] >= 2
+    if not banded.any():
+        return
+    ax.fill_between(
+        stats[x], stats["low"], stats["high"], where=banded, color=color, alpha=0.15, lw=0
+    )
+    bars = stats[banded]
+    ax.errorbar(
+        bars[x],
+        bars["mean"],
+        yerr=[bars["mean"] - bars["low"], bars["high"] - bars["mean"]],
+        fmt="none",
+        ecolor=color,
+        elinewidth=1.0,
+        capsize=3,
+        alpha=0.6,
+    )
 
 
 def each_series(ax: Axes, data: pd.DataFrame, x: str, y: str) -> Iterator[tuple]:
-    """Draw one mean-over-seeds line with its spread per (loss, n_w) of ``data``; yield
+    """Draw one mean-over-seeds line with its interval band per (loss, n_w) of ``data``; yield
     each series' rows and colour so the caller can add its own marks."""
     series = series_keys(data)
     colors = category_colors(series)

@@ -8,7 +8,8 @@ caption. Everything else derives from that list: the files :func:`make_report` w
 entry here and its tests. By default the report is::
 
     out_dir/plots/{time_to_fit,delta_g,gram,gamma,accuracy_vs_imbalance}.png
-    out_dir/tables/{accuracy,time_to_fit,trained_bounds,delta_g}.{csv,md,tex}
+    out_dir/tables/{accuracy,time_to_fit,trained_bounds,accuracy_by_group,collapse,delta_g}
+        .{csv,md,tex}
 
 The Snakefile imports this module when it is parsed, so it imports only the standard
 library; the drawing functions are named ``"module:function"`` and imported when used.
@@ -100,7 +101,9 @@ def resolve(reference: str) -> Callable[..., Any]:
 _PLOTS = "protolib.results.plots"
 _TABLES = "protolib.results.tables"
 _SPREAD = (
-    "Lines are means over seeds, bands the min–max range over seeds, faint points single seeds."
+    "Lines are means over seeds, bands the 95 % Student-t confidence interval of the mean "
+    "(mean ± t·s/√n over the seeds, with a capped bar at each point; none where a point has a "
+    "single seed), faint points single seeds."
 )
 
 #: the report, in order: plots first, then tables
@@ -114,7 +117,8 @@ ITEMS: tuple[Item, ...] = (
         "possibly corrupted labels, MATH.md §7) against the label corruption *p*, at balanced "
         f"classes (*R* = 1), one line per loss and *n_w*. {_SPREAD} Hollow markers are runs "
         "that did **not reach** zero training error; they are drawn at the budget, so a mean "
-        "that includes one is a lower bound.",
+        "that includes one is a lower bound. The mean and its interval count such runs at the "
+        "budget.",
     ),
     Item(
         "delta_g",
@@ -124,7 +128,8 @@ ITEMS: tuple[Item, ...] = (
         "**Geometry convergence** Δ_G = ‖G_M/‖G_M‖_F − G*/‖G*‖_F‖_F (MATH.md §3) of the "
         "training class means during training, one panel per imbalance ratio *R* and one row "
         "per loss that uses prototypes, one line per *n_w*, at *p* = 0. "
-        "Lines are means over seeds, bands the min–max range.",
+        "Lines are means over seeds, bands the 95 % Student-t interval of the mean (none with "
+        "a single seed).",
     ),
     Item(
         "gram",
@@ -166,15 +171,18 @@ ITEMS: tuple[Item, ...] = (
         f"{_TABLES}:accuracy_table",
         ("runs",),
         "**Accuracy** on the test set (and of the linear probe for losses without a "
-        "classifier head), mean ± standard deviation over seeds, per grid point.",
+        "classifier head) per grid point: mean ± half-width of the 95 % Student-t interval of "
+        "the mean over seeds (t·s/√n); *(n = k)* marks a cell over fewer seeds than its row, "
+        "or a single seed (no interval). The CSV also holds the interval's ends, the standard "
+        "deviation and the counts.",
     ),
     Item(
         "time_to_fit",
         "table",
         f"{_TABLES}:time_to_fit_table",
         ("runs",),
-        "**Time to fit** in iterations, mean ± standard deviation over the seeds that reached "
-        "zero training error; *fitted k/n* counts them.",
+        "**Time to fit** in iterations: mean ± half-width of the 95 % Student-t interval over "
+        "the seeds that reached zero training error; *fitted k/n* counts them.",
     ),
     Item(
         "trained_bounds",
@@ -184,18 +192,40 @@ ITEMS: tuple[Item, ...] = (
         "**Bound vs attained (trained networks)**, MATH.md §4: for runs with exactly balanced "
         "training labels, *supcon_batch* is the SupCon loss summed over anchors per batch "
         "(ρ² = 1/τ) over ``bound_batches`` batches drawn as in training, against the mean "
-        "of those batches' own lower bounds (summed over every multiset they give Theorem 2); "
-        "*ce_theorem1* is the mean training cross-entropy against Theorem 1 with the trained "
-        "‖W‖_F and the largest feature norm. Mean ± standard deviation over seeds; the gap is "
-        "never negative.",
+        "of those batches' Theorem 2 terms (summed over every multiset they give Theorem 2; a "
+        "term bounds the expected loss of a batch, not each batch, so the gap estimates a "
+        "non-negative number, 0 at the simplex); *ce_theorem1* is the mean training "
+        "cross-entropy against Theorem 1 with the trained ‖W‖_F and the largest feature norm "
+        "(never below it). Mean ± half-width of the 95 % Student-t interval over seeds.",
+    ),
+    Item(
+        "accuracy_by_group",
+        "table",
+        f"{_TABLES}:group_accuracy_table",
+        ("runs",),
+        "**Accuracy by class size** (MATH.md §3) at the end of training: test accuracy on "
+        "the *many* (> 100 training images), *medium* (20–100) and *few* (< 20) classes "
+        "(empty when no class is of that size), kNN accuracy (k = 20, cosine, the training "
+        "embeddings) and the agreement of the model's prediction with the nearest class "
+        "mean (NC4). Mean ± half-width of the 95 % Student-t interval over seeds.",
+    ),
+    Item(
+        "collapse",
+        "table",
+        f"{_TABLES}:collapse_table",
+        ("runs",),
+        "**Collapse statistics** of the final training embeddings (MATH.md §3): effective "
+        "rank of the centred class means (*K* − 1 at a simplex), CDNV (0 when every class "
+        "is collapsed), alignment and uniformity (Wang & Isola). Mean ± half-width of the "
+        "95 % Student-t interval over seeds.",
     ),
     Item(
         "delta_g",
         "table",
         f"{_TABLES}:delta_g_table",
         ("runs",),
-        "**Final Δ_G** against each run's target geometry, mean ± standard deviation over "
-        "seeds, per grid point.",
+        "**Final Δ_G** against each run's target geometry per grid point: mean ± half-width of "
+        "the 95 % Student-t interval of the mean over seeds; *(n = k)* marks fewer seeds.",
     ),
 )
 

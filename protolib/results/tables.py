@@ -1,10 +1,14 @@
 """Summary tables of an experiment's runs table, and writing them as CSV, Markdown, LaTeX.
 
-Each table has one row per grid point (``loss × n_w × imbalance_ratio ×
-label_corruption``, sorted) and summarises the seeds: a figure ``x`` becomes the columns
-``x_mean`` and ``x_std`` (sample standard deviation, ``ddof = 1``; NaN with one seed)
-over the runs where it is not null, and ``n_seeds`` counts the runs. CSV keeps every
-column at full precision; Markdown and LaTeX show each pair as ``0.912 ± 0.004``.
+Each table has one row per grid point (the loss and every grid axis but the seed,
+:data:`GRID`, sorted) and summarises its seeds. A figure ``x`` becomes the columns
+``x_mean``, ``x_ci_low``, ``x_ci_high`` (the 95 % Student-t interval of the mean,
+:mod:`protolib.results.intervals`), ``x_std`` (sample standard deviation, ``ddof = 1``)
+and ``x_n`` (the seeds where ``x`` is not null, which the others are over); ``n_seeds``
+counts the runs. One seed gives the mean with NaN interval and std. CSV keeps every
+column at full precision; Markdown and LaTeX show each figure as one cell,
+``0.912 ± 0.004`` (± the interval's half-width), followed by ``(n = k)`` when it is over
+``k`` ≠ ``n_seeds`` seeds or one seed (then without ``±``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import pandas as pd
 
 from protolib.io import write_text
 from protolib.results.contract import GRID_COLUMNS, SEED
+from protolib.results.intervals import CONFIDENCE, STATS, summarise
 from protolib.results.markdown import markdown_table
 from protolib.results.report import TABLE_FORMATS
 
@@ -26,6 +31,8 @@ HEADERS = {
     "loss": ("loss", "loss"),
     "n_w": ("n_w", r"$n_w$"),
     "imbalance_ratio": ("R", r"$R$"),
+    "imbalance": ("imbalance", "imbalance"),
+    "minority_fraction": ("μ", r"$\mu$"),
     "label_corruption": ("p", r"$p$"),
     "test_accuracy": ("test accuracy", "test accuracy"),
     "probe_accuracy": ("probe accuracy", "probe accuracy"),
@@ -34,6 +41,13 @@ HEADERS = {
     "fitted": ("fitted", "fitted"),
     "budget": ("budget", "budget"),
     "n_seeds": ("seeds", "seeds"),
+    "accuracy_many": ("many", "many"),
+    "accuracy_medium": ("medium", "medium"),
+    "accuracy_few": ("few", "few"),
+    "knn_accuracy": ("kNN accuracy", "kNN accuracy"),
+    "ncc_agreement": ("NCC agreement", "NCC agreement"),
+    "effective_rank": ("effective rank", "effective rank"),
+    "cdnv": ("CDNV", "CDNV"),
     "bound_kind": ("bound", "bound"),
     "bound_attained": ("attained loss", "attained loss"),
     "bound_value": ("lower bound", "lower bound"),
@@ -41,77 +55,96 @@ HEADERS = {
 }
 DEFAULT_DECIMALS = 3
 MISSING = ("—", "--")  # Markdown, LaTeX
+#: what a summarised cell means, printed under every Markdown and LaTeX table
+LEGEND = (
+    f"Cells: mean ± half-width of the {CONFIDENCE * 100:g} % Student-t interval of the mean "
+    "over seeds (t · s/√n). (n = k): the cell is over k seeds, fewer than the row's, or over "
+    "a single seed (then no interval)."
+)
 
 
-def _mean_std(runs: pd.DataFrame, figures: list[str]) -> pd.DataFrame:
-    columns = [*GRID, *(f"{f}_{s}" for f in figures for s in ("mean", "std")), "n_seeds"]
+def _groups(runs: pd.DataFrame):
+    """``runs`` grouped by grid point (a null key is a group of its own, never dropped)."""
+    return runs.groupby(GRID, sort=True, dropna=False)
+
+
+def _summary(runs: pd.DataFrame, figures: list[str]) -> pd.DataFrame:
+    """Grid keys, :data:`~protolib.results.intervals.STATS` of each figure, ``n_seeds``."""
+    columns = [*GRID, *(f"{f}_{s}" for f in figures for s in STATS), "n_seeds"]
     if runs.empty:
-        kinds = {"loss": object, "n_w": "int64", "n_seeds": "int64"}
+        kinds = {"loss": object, "n_w": "int64"} | {c: runs[c].dtype for c in GRID if c in runs}
+        kinds.update({c: "int64" for c in columns if c == "n_seeds" or c.endswith("_n")})
         return pd.DataFrame({c: pd.Series(dtype=kinds.get(c, float)) for c in columns})
-    grouped = runs.groupby(GRID, sort=True)
-    out = pd.DataFrame({"n_seeds": grouped.size()})
+    grouped = _groups(runs)
+    parts = [pd.DataFrame({"n_seeds": grouped.size()})]
     for figure in figures:
-        values = grouped[figure]
-        out[f"{figure}_mean"] = values.mean()
-        out[f"{figure}_std"] = values.std(ddof=1)
-    return out.reset_index()[columns]
+        stats = summarise(grouped[figure])
+        parts.append(stats.rename(columns={s: f"{figure}_{s}" for s in STATS}))
+    return pd.concat(parts, axis=1).reset_index()[columns]
 
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Test accuracy and (for head-less losses) linear-probe accuracy, mean ± std over seeds."""
-    return _mean_std(runs, ["test_accuracy", "probe_accuracy"])
+    """Test accuracy and (for head-less losses) linear-probe accuracy over seeds: mean and
+    95 % t-interval per grid point."""
+    return _summary(runs, ["test_accuracy", "probe_accuracy"])
 
 
 def time_to_fit_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Time to fit (MATH.md §7) over the runs that fitted, and how many did: ``fitted k/n``.
 
-    Columns: grid keys, ``time_to_fit_mean``/``_std`` (NaN when none fitted),
-    ``n_fitted``, ``n_seeds``, ``fitted`` (the string ``"k/n"``) and ``budget`` (the
-    largest number of iterations run).
+    Columns: grid keys, the ``time_to_fit_*`` summary over the seeds that fitted (mean,
+    95 % t-interval, std; NaN when none did; ``time_to_fit_n`` is ``k``), ``fitted`` (the
+    string ``"k/n"``), ``n_seeds`` (``n``) and ``budget`` (the largest number of
+    iterations run).
     """
-    table = _mean_std(runs, ["time_to_fit"])
+    table = _summary(runs, ["time_to_fit"])
     if runs.empty:
-        for column in ("n_fitted", "fitted", "budget"):
-            table[column] = pd.Series(
-                dtype={"fitted": object, "n_fitted": "int64"}.get(column, float)
-            )
+        table["fitted"] = pd.Series(dtype=object)
+        table["budget"] = pd.Series(dtype=float)
     else:
-        grouped = runs.groupby(GRID, sort=True)
-        extra = pd.DataFrame(
-            {
-                "n_fitted": grouped["time_to_fit"].count(),
-                "budget": grouped["iterations"].max(),
-            }
-        ).reset_index()
-        table = table.merge(extra, on=GRID, how="left")
         table["fitted"] = [
-            f"{k}/{n}" for k, n in zip(table["n_fitted"], table["n_seeds"], strict=True)
+            f"{k}/{n}" for k, n in zip(table["time_to_fit_n"], table["n_seeds"], strict=True)
         ]
-    columns = [*GRID, "time_to_fit_mean", "time_to_fit_std", "fitted", "n_fitted", "n_seeds"]
-    table = table[[*columns, "budget"]]
+        table["budget"] = _groups(runs)["iterations"].max().to_numpy()
+    columns = [*GRID, *(f"time_to_fit_{s}" for s in STATS), "fitted", "n_seeds", "budget"]
+    table = table[columns]
     table.attrs["decimals"] = {"time_to_fit": 0}
-    table.attrs["hidden"] = ["n_fitted", "n_seeds"]  # shown as "fitted k/n"
+    table.attrs["hidden"] = ["n_seeds"]  # shown as "fitted k/n"
     return table
 
 
+def group_accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy on the many / medium / few classes (by training-set size), kNN
+    accuracy and nearest-class-mean agreement (MATH.md §3), over seeds."""
+    figures = ["accuracy_many", "accuracy_medium", "accuracy_few", "knn_accuracy"]
+    return _summary(runs, [f for f in [*figures, "ncc_agreement"] if f in runs])
+
+
+def collapse_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The collapse statistics of the final training embeddings (MATH.md §3): effective
+    rank of the centred class means, CDNV, alignment and uniformity, over seeds."""
+    figures = ["effective_rank", "cdnv", "alignment", "uniformity"]
+    return _summary(runs, [f for f in figures if f in runs])
+
+
 def delta_g_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Final Δ_G (MATH.md §3) against the run's target geometry, mean ± std over seeds."""
-    return _mean_std(runs, ["delta_g"])
+    """Final Δ_G (MATH.md §3) against the run's target geometry over seeds: mean and 95 %
+    t-interval per grid point."""
+    return _summary(runs, ["delta_g"])
 
 
 def trained_bounds_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Trained networks against their loss bounds (MATH.md §4, last bullet): per grid
-    point and bound, the attained loss, the bound and their gap (≥ 0), mean ± std over
-    seeds, for the runs that made the comparison (exactly balanced training labels)."""
+    point and bound, the attained loss, the bound and their gap (≥ 0), mean and 95 %
+    t-interval over seeds, for the runs that made the comparison (exactly balanced
+    training labels)."""
     compared = runs[runs["bound_kind"].notna()] if "bound_kind" in runs else runs.iloc[:0]
     figures = ["bound_attained", "bound_value", "bound_gap"]
-    table = _mean_std(compared, figures)
+    table = _summary(compared, figures)
     if compared.empty:
         table.insert(len(GRID), "bound_kind", pd.Series(dtype=object))
     else:
-        kinds = compared.groupby(GRID, sort=True)["bound_kind"].agg(
-            lambda k: ", ".join(sorted(set(k)))
-        )
+        kinds = _groups(compared)["bound_kind"].agg(lambda k: ", ".join(sorted(set(k))))
         table.insert(len(GRID), "bound_kind", kinds.to_numpy())
     table.attrs["decimals"] = dict.fromkeys(figures)  # six significant digits: 1e-21 to 800
     return table
@@ -128,39 +161,67 @@ def _number(value, decimals: int | None) -> str | None:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _summaries(df: pd.DataFrame) -> list[str]:
+    """The figures ``x`` of ``df`` with every summary column ``x_<stat>``."""
+    return [
+        column[: -len("_mean")]
+        for column in df.columns
+        if column.endswith("_mean") and all(f"{column[: -len('_mean')]}_{s}" in df for s in STATS)
+    ]
+
+
+def summary_cell(record: dict, figure: str, decimals: int | None, *, latex: bool = False) -> str:
+    """One figure of one row as shown: ``mean ± half`` (half-width of the t-interval),
+    ``(n = k)`` added when its ``k`` seeds are one or not all of the row's ``n_seeds``;
+    missing (``—``, ``--`` in LaTeX) with no seed."""
+    missing = MISSING[1] if latex else MISSING[0]
+    n = int(record[f"{figure}_n"])
+    mean = _number(record[f"{figure}_mean"], decimals)
+    if n == 0 or mean is None:
+        return missing
+    cell = mean
+    if n >= 2:
+        low, high = record[f"{figure}_ci_low"], record[f"{figure}_ci_high"]
+        half = _number((high - low) / 2, decimals)
+        cell += (r" $\pm$ " if latex else " ± ") + (half or missing)
+    seeds = record.get("n_seeds")
+    if n == 1 or seeds is None or n != int(seeds):
+        cell += f" (n = {n})"
+    return cell
+
+
 def display_cells(df: pd.DataFrame, *, latex: bool = False) -> tuple[list[str], list[list[str]]]:
     """Headers and cell strings of ``df`` as shown in Markdown (or LaTeX, unescaped text).
 
-    ``x_mean``/``x_std`` pairs become one column ``mean ± std`` (``$\\pm$`` in LaTeX) with
-    ``df.attrs["decimals"][x]`` decimals (default 3); columns in ``df.attrs["hidden"]``
-    are left out; a missing value is ``—`` (``--`` in LaTeX).
+    A figure's summary columns (``x_mean`` … ``x_n``) become one column
+    (:func:`summary_cell`) with ``df.attrs["decimals"][x]`` decimals (default 3, None:
+    six significant digits); columns in ``df.attrs["hidden"]`` are left out; a missing
+    value is ``—`` (``--`` in LaTeX).
     """
     decimals = df.attrs.get("decimals", {})
     hidden = set(df.attrs.get("hidden", []))
-    plus_minus = r" $\pm$ " if latex else " ± "
-    missing = MISSING[1] if latex else MISSING[0]
-    columns: list[tuple[str, str | None]] = []  # (display name, std column or None)
+    figures = _summaries(df)
+    folded = {f"{f}_{s}" for f in figures for s in STATS if s != "mean"}
+    columns: list[tuple[str, str | None]] = []  # (column, figure it shows, or None)
     for column in df.columns:
-        if column in hidden or (column.endswith("_std") and column[:-4] + "_mean" in df):
+        if column in hidden or column in folded:
             continue
-        if column.endswith("_mean") and column[:-5] + "_std" in df:
-            columns.append((column, column[:-5] + "_std"))
-        else:
-            columns.append((column, None))
-    headers, rows = [], []
-    for column, std in columns:
-        base = column[:-5] if std else column
-        headers.append(HEADERS.get(base, (base, base))[1 if latex else 0])
+        figure = column[: -len("_mean")] if column.endswith("_mean") else None
+        columns.append((column, figure if figure in figures else None))
+    headers = [
+        HEADERS.get(figure or column, (figure or column,) * 2)[1 if latex else 0]
+        for column, figure in columns
+    ]
+    missing = MISSING[1] if latex else MISSING[0]
+    rows = []
     for record in df.to_dict("records"):
         cells = []
-        for column, std in columns:
-            if std:
-                places = decimals.get(column[:-5], DEFAULT_DECIMALS)
-                mean, spread = _number(record[column], places), _number(record[std], places)
-                cell = missing if mean is None else mean + (plus_minus + spread if spread else "")
+        for column, figure in columns:
+            if figure:
+                places = decimals.get(figure, DEFAULT_DECIMALS)
+                cells.append(summary_cell(record, figure, places, latex=latex))
             else:
-                cell = _number(record[column], None) or missing
-            cells.append(cell)
+                cells.append(_number(record[column], None) or missing)
         rows.append(cells)
     return headers, rows
 
@@ -175,10 +236,12 @@ def _numeric(headers: list[str], rows: list[list[str]]) -> list[bool]:
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of ``df`` (see :func:`display_cells`)."""
+    """A GitHub-flavoured Markdown table of ``df`` (see :func:`display_cells`), followed
+    by :data:`LEGEND` when it summarises a figure."""
     headers, rows = display_cells(df)
     align = ["right" if n else "left" for n in _numeric(headers, rows)]
-    return markdown_table(headers, rows, align=align)
+    table = markdown_table(headers, rows, align=align)
+    return table + f"\n{LEGEND}\n" if _summaries(df) else table
 
 
 _LATEX_SPECIAL = {
@@ -206,11 +269,13 @@ def _latex_cell(text: str) -> str:
 
 
 def to_latex(df: pd.DataFrame) -> str:
-    """A LaTeX ``tabular`` of ``df`` (plain ``\\hline`` rules, no extra packages)."""
+    """A LaTeX ``tabular`` of ``df`` (plain ``\\hline`` rules, no extra packages), after
+    :data:`LEGEND` as a comment when it summarises a figure."""
     headers, rows = display_cells(df, latex=True)
     numeric = _numeric(headers, rows)
     spec = "".join("r" if n else "l" for n in numeric)
-    lines = [f"\\begin{{tabular}}{{{spec}}}", r"\hline"]
+    lines = [f"% {LEGEND}"] if _summaries(df) else []
+    lines += [f"\\begin{{tabular}}{{{spec}}}", r"\hline"]
     lines.append(" & ".join(_latex_cell(h) for h in headers) + r" \\")
     lines.append(r"\hline")
     lines.extend(" & ".join(_latex_cell(c) for c in row) + r" \\" for row in rows)

@@ -1,9 +1,9 @@
 """From a validated run config to ready objects: :func:`prepare` → :class:`Prepared`.
 
-Data (imbalance, corruption), network (:func:`~protolib.models.build_network`),
-prototypes, loss, optimiser, learning-rate schedule and loaders are all built here, and
-every input a component refuses becomes a :class:`ConfigError` naming its key, before
-anything is written.
+Data (balancing, STEP or exponential imbalance, corruption), network
+(:func:`~protolib.models.build_network`), prototypes, loss, optimiser, learning-rate
+schedule and loaders are all built here, and every input a component refuses becomes a
+:class:`ConfigError` naming its key, before anything is written.
 """
 
 from __future__ import annotations
@@ -129,9 +129,9 @@ def prepare(config: RunConfig) -> Prepared:
 def _training_points(
     config: RunConfig, data: DatasetSplits
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The training points a run uses: kept indices (after balancing and imbalance), their
-    original labels, their training labels (after corruption) and the positions that
-    changed (MATH.md §6)."""
+    """The training points a run uses: kept indices (after balancing and the run's STEP or
+    exponential imbalance), their original labels, their training labels (after
+    corruption) and the positions that changed (MATH.md §6)."""
     K = data.num_classes
     _, height, width = data.image_shape
     if config.crop_padding > min(height, width):
@@ -144,7 +144,9 @@ def _training_points(
             data.train.labels,
             K,
             balance=config.balance,
+            imbalance=config.imbalance,
             imbalance_ratio=config.imbalance_ratio,
+            minority_fraction=config.minority_fraction,
             label_corruption=config.label_corruption,
             corruption_mode=config.corruption_mode,
             seed=config.seed,
@@ -238,22 +240,24 @@ def _optimiser(
     config: RunConfig, network: Network, total: int, steps_per_epoch: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD with momentum and weight decay, and its per-iteration schedule (milestones
-    in epochs are converted to iterations)."""
+    and warm-up in epochs are converted to iterations)."""
     optimizer = torch.optim.SGD(
         network.parameters(),
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    milestones = list(config.milestones)
+    milestones, warmup = list(config.milestones), config.warmup
     if config.epochs is not None:
         milestones = [m * steps_per_epoch for m in milestones]
+        warmup *= steps_per_epoch
     multiplier = lr_multiplier(
         config.schedule,
         total=total,
         milestones=milestones,
         factor=config.lr_factor,
         power=config.poly_power,
+        warmup=warmup,
     )
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
 

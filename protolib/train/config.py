@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from protolib.choices import CORRUPTION_MODES, PROJECTOR_KINDS, SAMPLINGS
+from protolib.data import DEFAULT_MINORITY_FRACTION, IMBALANCE_KINDS
 from protolib.io import one_line
 from protolib.registry import DATASETS, GEOMETRIES, LOSSES, MODELS, load_plugins
 from protolib.train.config_json import (
@@ -46,6 +47,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "n_w": (0, 10_000),
     "binding": (0, 10_000),  # and at most the smallest class's training points (train.build)
     "bound_batches": (0, 10**6),
+    "warmup": (0, MAX_STEPS),
     "projector_dim": (1, 2**16),
     "eval_every": (1, MAX_STEPS),
     "checkpoint_every": (1, MAX_STEPS),
@@ -66,7 +68,9 @@ class RunConfig:
     dataset: str = "digits"
     dataset_options: dict[str, Any] = field(default_factory=dict)
     balance: bool = False  # subsample every class to the smallest one's size, first
+    imbalance: str = "step"  # "step" or "exp" (exponential, long-tailed)
     imbalance_ratio: float = 1.0
+    minority_fraction: float = DEFAULT_MINORITY_FRACTION  # STEP's μ: the last ⌊μK⌋ classes
     label_corruption: float = 0.0
     corruption_mode: str = "other"
     # model
@@ -97,11 +101,13 @@ class RunConfig:
     milestones: tuple[int, ...] = ()
     lr_factor: float = 0.1
     poly_power: float = 5.0
+    warmup: int = 0  # linear warm-up, in iterations (in epochs when epochs is set)
     # evaluation
     eval_every: int = 100
     eval_batch_size: int = 1024
     probe_iterations: int = 1000
     probe_lr: float = 0.1
+    metric_options: dict[str, Any] = field(default_factory=dict)  # MATH.md §3 panel options
     bound_batches: int = 1000  # batches of the trained-network bound comparison (MATH.md §4)
     # execution
     seed: int = 0
@@ -202,9 +208,20 @@ class RunConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("corruption_mode", self.corruption_mode, CORRUPTION_MODES)
+        _check_choice("imbalance", self.imbalance, IMBALANCE_KINDS)
         if not self.imbalance_ratio >= 1:
             raise ConfigError(
                 f"imbalance_ratio must be a number >= 1, got {self.imbalance_ratio!r}"
+            )
+        if not 0 < self.minority_fraction <= 1:
+            raise ConfigError(
+                f"minority_fraction must be in (0, 1], got {self.minority_fraction!r}"
+            )
+        if self.imbalance != "step" and self.minority_fraction != DEFAULT_MINORITY_FRACTION:
+            raise ConfigError(
+                f"minority_fraction {self.minority_fraction!r} applies to imbalance 'step' "
+                f"only, got imbalance {self.imbalance!r}; leave minority_fraction at "
+                f"{DEFAULT_MINORITY_FRACTION} or use imbalance 'step'"
             )
         if not 0 <= self.label_corruption <= 1:
             raise ConfigError(f"label_corruption must be in [0, 1], got {self.label_corruption!r}")
@@ -226,6 +243,13 @@ class RunConfig:
                 f"loss {self.loss!r} does not take n_w (prototype copies); set n_w to 0 "
                 f"(losses that take n_w: {', '.join(_losses_with_n_w())})"
             )
+        if self.metric_options:
+            from protolib.geometry.panel import check_metric_options
+
+            try:
+                check_metric_options(self.metric_options)
+            except ValueError as error:
+                raise ConfigError(one_line(error, 300)) from None
         if (self.iterations is None) == (self.epochs is None):
             raise ConfigError("set exactly one of iterations and epochs (the other to null)")
         for key in ("lr", "probe_lr", "lr_factor", "poly_power"):

@@ -4,9 +4,9 @@ embeddings, and whatever plugins add)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,8 @@ from protolib.geometry.panel import MetricContext, run_metrics
 #: training error); no registered metric may return one of them
 LOOP_METRICS = frozenset({"loss", "lr", "probe_error"})
 LOOP_PREFIXES = ("loss.",)
+#: names the training loop records under the ``test`` split (the probe's accuracy)
+LOOP_TEST_METRICS = frozenset({"probe_accuracy"})
 
 
 @torch.no_grad()
@@ -93,6 +95,9 @@ def evaluate_split_pair(
     num_classes: int,
     target_gram: Tensor,
     classifier: Tensor | None,
+    class_counts: Tensor | None = None,
+    expensive: bool = True,
+    metric_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Evaluation:
     """All evaluation metrics, with the Gram and γ distributions they come from.
 
@@ -101,7 +106,11 @@ def evaluate_split_pair(
     class-mean classifier for every loss. When every class has a training sample, every
     registered metric (:func:`~protolib.geometry.panel.run_metrics`) runs on the training
     embeddings against the training (possibly corrupted) labels, with the class means
-    computed here once.
+    computed here once, and sees the test embeddings, labels and the run's test
+    predictions; those registered ``cost="expensive"`` only when ``expensive`` (the
+    training loop asks for them at its final evaluation). ``class_counts`` (K,) are the
+    training images per class before label corruption (default: counted from
+    ``train_labels``); ``metric_options`` maps a metric to its options.
     """
     exact_means = class_means(train_features, train_labels, num_classes, allow_missing=True)
     means = exact_means.to(train_features.dtype)  # the class-mean classifier
@@ -125,13 +134,25 @@ def evaluate_split_pair(
             num_classes=num_classes,
             classifier=classifier,
             target_gram=target_gram,
+            test_features=test_features,
+            test_labels=test_labels,
+            test_predictions=test_pred,
+            class_counts=(
+                torch.bincount(train_labels.long(), minlength=num_classes)
+                if class_counts is None
+                else class_counts
+            ),
+            metric_options=metric_options or {},
         )
-        own = {metric for split, metric in out if split == "train"}
+        own = set(out)
 
-        def taken(name: str) -> bool:
-            return name in own or name in LOOP_METRICS or name.startswith(LOOP_PREFIXES)
+        def taken(split: str, name: str) -> bool:
+            if (split, name) in own:
+                return True
+            if split == "test":
+                return name in LOOP_TEST_METRICS
+            return name in LOOP_METRICS or name.startswith(LOOP_PREFIXES)
 
-        for name, value in run_metrics(context, taken).items():
-            out[("train", name)] = value
+        out.update(run_metrics(context, taken, expensive=expensive))
         gammas = context.gammas
     return Evaluation(out, exact_means @ exact_means.T, gammas)

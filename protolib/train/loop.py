@@ -238,7 +238,8 @@ class Loop:
         return values
 
     def _assess(self) -> _Assessment:
-        """Embed both splits and evaluate them, once per step."""
+        """Embed both splits and evaluate them, once per step; the metrics registered as
+        expensive only at the final step (:mod:`protolib.geometry.panel`)."""
         if self._assessed is not None and self._assessed.step == self.step:
             return self._assessed
         prep, size = self.prep, self.config.eval_batch_size
@@ -260,6 +261,10 @@ class Loop:
             target_gram=prep.target,
             # a head over the encoder (a composite loss) is not in the embedding's space
             classifier=self._classifier() if prep.network.head_input == "embedding" else None,
+            # class sizes after imbalance, before label corruption (MATH.md §3)
+            class_counts=torch.bincount(prep.original_labels, minlength=prep.data.num_classes),
+            expensive=self.step >= prep.total_steps,
+            metric_options=self.config.metric_options,
         )
         self._assessed = _Assessment(self.step, train_f, test_f, evaluation)
         return self._assessed

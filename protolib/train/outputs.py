@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 import protolib
+from protolib.data.transforms import split_sha256
 from protolib.io import write_atomic, write_json
 from protolib.results.manifest import build_manifest
 from protolib.results.schema import (
@@ -136,6 +137,16 @@ def _images_per_second(facts: RunFacts) -> float | None:
     return images / seconds if seconds > 0 else None
 
 
+#: the metric panel's figures in the runs table (MATH.md §3), by split
+PANEL_TEST = ("accuracy_many", "accuracy_medium", "accuracy_few", "knn_accuracy", "ncc_agreement")
+PANEL_TRAIN = ("effective_rank", "cdnv", "alignment", "uniformity")
+
+
+def _final(split: str, name: str) -> Source:
+    """The value of ``split/name`` at the last evaluation (None when not recorded)."""
+    return lambda f: f.final.get(f"{split}/{name}")
+
+
 #: where each column of ``runs.parquet`` after the key columns comes from (the order of
 #: ``RUNS_FIGURES`` in :mod:`protolib.results.contract`)
 FIGURES: dict[str, Source] = {
@@ -153,8 +164,11 @@ FIGURES: dict[str, Source] = {
     "mean_classifier_accuracy": lambda f: f.final.get("test/mean_classifier_accuracy"),
     "probe_accuracy": lambda f: f.record["probe_accuracy"],
     "delta_g": lambda f: f.final.get("train/delta_g"),
+    **{name: _final("test", name) for name in PANEL_TEST},
+    **{name: _final("train", name) for name in PANEL_TRAIN},
     "n_train": lambda f: int(f.prep.kept.numel()),
     "n_corrupted": lambda f: int(f.prep.changed.numel()),
+    "split_sha256": lambda f: split_sha256(f.prep.kept, f.prep.train_labels),
     "balance": lambda f: f.config.balance,
     "binding": lambda f: f.config.binding,
     "bound_kind": lambda f: f.record["comparison"]["bound_kind"],

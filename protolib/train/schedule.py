@@ -13,8 +13,11 @@ def lr_multiplier(
     milestones: Sequence[int] = (),
     factor: float = 0.1,
     power: float = 5.0,
+    warmup: int = 0,
 ) -> Callable[[int], float]:
-    """``t ↦ lr(t)/lr(0)`` for iteration ``t`` in ``[0, total)``.
+    """``t ↦ lr(t)/lr(0)`` for iteration ``t`` in ``[0, total)``: the schedule ``name``
+    times a linear warm-up ``min(1, (t + 1) / warmup)`` over the first ``warmup``
+    iterations (0: none; the long-tail protocol's first 5 epochs).
 
     - ``constant``: 1.
     - ``step``: ``factor ** (number of milestones ≤ t)`` (milestones in iterations).
@@ -22,6 +25,15 @@ def lr_multiplier(
     - ``poly``: ``((total − t) / total) ** power`` — the SC-vs-CE study's "exponential"
       decay with ``power = 5``.
     """
+    schedule = _schedule(name, total, milestones, factor, power)
+    if warmup <= 0:
+        return schedule
+    return lambda t: min(1.0, (t + 1) / warmup) * schedule(t)
+
+
+def _schedule(
+    name: str, total: int, milestones: Sequence[int], factor: float, power: float
+) -> Callable[[int], float]:
     if name == "constant":
         return lambda t: 1.0
     if name == "step":

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from protolib.cli import main
 from protolib.models import build_backbone
+from protolib.models.backbones import HeCifarResNet, ZeroPadShortcut
 from protolib.registry import MODELS, RegistryError
 
 CIFAR = (3, 32, 32)
 DIGITS = (1, 8, 8)
 SMALL = (3, 16, 16)  # enough for value checks, cheaper than CIFAR on a busy CPU
 ALL_MODELS = [*MODELS.names(), "timm:resnet18"]
-CONV_MODELS = ["cnn_small", "resnet18_cifar", "preact_resnet18_cifar", "timm:resnet18"]
+CONV_MODELS = [
+    "cnn_small",
+    "resnet18_cifar",
+    "preact_resnet18_cifar",
+    "resnet32_cifar",
+    "timm:resnet18",
+]
+BUILTIN_MODELS = ("mlp", "cnn_small", "resnet18_cifar", "preact_resnet18_cifar", "resnet32_cifar")
 
 
 def first_weight(model: nn.Module) -> torch.Tensor:
@@ -24,25 +36,27 @@ def first_weight(model: nn.Module) -> torch.Tensor:
 
 
 def test_registered_names():
-    assert {"mlp", "cnn_small", "resnet18_cifar", "preact_resnet18_cifar"} <= set(MODELS.names())
+    assert set(BUILTIN_MODELS) <= set(MODELS.names())
 
 
 def test_each_model_declares_its_training_cost():
     """The costs per sample that resources.py turns into time limits (seconds per sample
     and view; a ResNet-18 trains at about 32 images/s on one CPU core, so 4e-2 is on the
-    slow side)."""
+    slow side; a ResNet-32 takes a seventh to a tenth of a ResNet-18's time per sample on
+    this CPU, measured side by side)."""
     costs = {
         name: (
             MODELS.fact(name, "gpu_seconds_per_sample"),
             MODELS.fact(name, "cpu_seconds_per_sample"),
         )
-        for name in ("mlp", "cnn_small", "resnet18_cifar", "preact_resnet18_cifar")
+        for name in BUILTIN_MODELS
     }
     assert costs == {
         "mlp": (2e-5, 2e-5),
         "cnn_small": (5e-5, 5e-4),
         "resnet18_cifar": (2e-4, 4e-2),
         "preact_resnet18_cifar": (2e-4, 4e-2),
+        "resnet32_cifar": (1e-4, 1e-2),
     }
 
 
@@ -280,6 +294,210 @@ def test_zero_init_residual_makes_identity_blocks():
 def test_resnet_accepts_other_channel_counts():
     model = build_backbone("resnet18_cifar", in_shape=(1, 8, 8))
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 512)
+
+
+# --------------------------------------------------------------------------- ResNet-32
+
+#: parameters of He et al.'s CIFAR ResNets *with* their 10-class linear layer, as printed
+#: by the reference implementation the long-tail code (LDAM-DRW) uses: 0.27 M, 0.46 M, 0.85 M
+KNOWN_WITH_FC = {3: 269_722, 5: 464_154, 9: 853_018}
+FC10 = 64 * 10 + 10
+
+
+def he_cifar_resnet_param_count(n: int, in_ch: int = 3) -> int:
+    """Parameters of the 6n + 2 CIFAR ResNet without fc, counted from the architecture:
+    stem conv + BN, then 3n blocks of two 3×3 convs and two BNs; option-A shortcuts
+    have none."""
+    total, cin = conv_params(in_ch, 16, 3) + 2 * 16, 16
+    for width in (16, 32, 64):
+        for _ in range(n):
+            total += conv_params(cin, width, 3) + conv_params(width, width, 3) + 2 * 2 * width
+            cin = width
+    return total
+
+
+def reference_resnet32(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """He et al. (2016) §4.2, n = 5, written out with functional ops over ``state``:
+    eval-mode batch norms; the option-A shortcut as every other pixel with ``width // 4``
+    zero channels concatenated on each side."""
+
+    def bn(h: torch.Tensor, key: str) -> torch.Tensor:
+        return F.batch_norm(
+            h,
+            state[f"{key}.running_mean"],
+            state[f"{key}.running_var"],
+            state[f"{key}.weight"],
+            state[f"{key}.bias"],
+            False,
+            0.0,
+            1e-5,
+        )
+
+    h = F.relu(bn(F.conv2d(x, state["stem.0.weight"], padding=1), "stem.1"))
+    for stage, width in enumerate((16, 32, 64), start=1):
+        for block in range(5):
+            key = f"layer{stage}.{block}"
+            stride = 2 if stage > 1 and block == 0 else 1
+            out = F.conv2d(h, state[f"{key}.conv1.weight"], stride=stride, padding=1)
+            out = F.relu(bn(out, f"{key}.bn1"))
+            out = bn(F.conv2d(out, state[f"{key}.conv2.weight"], padding=1), f"{key}.bn2")
+            shortcut = h
+            if stride == 2:
+                kept = h[:, :, ::2, ::2]
+                zeros = kept.new_zeros(kept.shape[0], width // 4, *kept.shape[2:])
+                shortcut = torch.cat([zeros, kept, zeros], dim=1)
+            h = F.relu(out + shortcut)
+    return h.mean(dim=(2, 3))
+
+
+def test_resnet32_cifar_parameter_count():
+    """0.46 M: the figure of the long-tail papers' ResNet-32 (10-class fc added back),
+    and an independent count; the count also reproduces ResNet-20's and ResNet-56's."""
+    model = build_backbone("resnet32_cifar", in_shape=CIFAR)
+    assert model.out_dim == 64
+    assert n_params(model) == he_cifar_resnet_param_count(5) == 463_504
+    for n, known in KNOWN_WITH_FC.items():
+        assert n_params(HeCifarResNet(3, n=n)) == he_cifar_resnet_param_count(n) == known - FC10
+
+
+def test_resnet32_cifar_block_structure():
+    """3×3 stem to 16 channels; three stages of five basic blocks at 32², 16², 8² with
+    16/32/64 channels; 31 convolutions, all 3×3 (the 32nd layer is the head's);
+    parameter-free zero-padding shortcuts exactly where the width doubles."""
+    model = build_backbone("resnet32_cifar", in_shape=CIFAR)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 31 and all(c.kernel_size == (3, 3) for c in convs)
+    assert convs[0].in_channels == 3 and convs[0].out_channels == 16
+    assert convs[0].stride == (1, 1)
+    assert not any(isinstance(m, nn.MaxPool2d | nn.Linear) for m in model.modules())
+    pads = [name for name, m in model.named_modules() if isinstance(m, ZeroPadShortcut)]
+    assert pads == ["layer2.0.shortcut", "layer3.0.shortcut"]
+    for stage in (model.layer1, model.layer2, model.layer3):
+        assert len(stage) == 5
+        for block in list(stage)[1:]:
+            assert isinstance(block.shortcut, nn.Identity)
+    assert all(not list(m.parameters()) for m in model.modules() if isinstance(m, ZeroPadShortcut))
+    seen = {}
+    stages = {"stem": model.stem, "1": model.layer1, "2": model.layer2, "3": model.layer3}
+    for key, module in stages.items():
+        module.register_forward_hook(lambda m, i, o, key=key: seen.__setitem__(key, o.shape))
+    y = model(torch.randn(2, *CIFAR))
+    assert seen == {
+        "stem": (2, 16, 32, 32),
+        "1": (2, 16, 32, 32),
+        "2": (2, 32, 16, 16),
+        "3": (2, 64, 8, 8),
+    }
+    assert y.shape == (2, 64) and (y >= 0).all()  # the last block ends in a ReLU
+
+
+def test_resnet32_cifar_equals_the_functional_reference():
+    torch.manual_seed(0)
+    model = build_backbone("resnet32_cifar", in_shape=CIFAR)
+    state = model.state_dict()
+    # non-trivial batch norms, so that eval mode is not the identity
+    for key, value in state.items():
+        if key.endswith("running_var") or (key.endswith(".weight") and value.ndim == 1):
+            value.uniform_(0.5, 1.5)
+        elif key.endswith("running_mean") or key.endswith(".bias"):
+            value.uniform_(-0.3, 0.3)
+    model.eval()
+    x = torch.randn(3, *SMALL)
+    with torch.no_grad():
+        y = model(x)
+        torch.testing.assert_close(y, reference_resnet32(state, x), atol=1e-5, rtol=1e-5)
+    assert y.shape == (3, 64)
+
+
+def test_resnet32_cifar_initialisation_is_ldam_drw_s():
+    """He normal with fan-in (std sqrt(2 / fan_in)), as LDAM-DRW's ``kaiming_normal_``
+    defaults; the stem (fan-in 27, fan-out 144) and the first stride-2 block (fan-in 144,
+    fan-out 288) tell fan-in from fan-out. Batch norms start as the identity."""
+    torch.manual_seed(0)
+    model = build_backbone("resnet32_cifar", in_shape=CIFAR)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            fan_in = module.in_channels * 9
+            ratio = module.weight.std().item() / (2 / fan_in) ** 0.5
+            assert abs(ratio - 1) < 0.15, (name, ratio)  # 432 weights at the least: ±3.4 %
+            assert abs(module.weight.mean().item()) < 0.2 * (2 / fan_in) ** 0.5, name
+        elif isinstance(module, nn.BatchNorm2d):
+            assert (module.weight == 1).all() and (module.bias == 0).all(), name
+
+
+def train_steps(steps: int) -> tuple[list[float], dict[str, torch.Tensor], nn.Module]:
+    """``steps`` SGD steps of ResNet-32 + a linear head on one fixed batch, seed 0."""
+    torch.manual_seed(0)
+    model = build_backbone("resnet32_cifar", in_shape=SMALL)
+    head = nn.Linear(model.out_dim, 4)
+    params = [*model.parameters(), *head.parameters()]
+    optimiser = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    x, y = torch.rand(16, *SMALL), torch.arange(16) % 4
+    losses = []
+    for step in range(steps):
+        optimiser.zero_grad()
+        loss = F.cross_entropy(head(model(x)), y)
+        loss.backward()
+        if step == 0:
+            for name, p in model.named_parameters():
+                assert p.grad is not None and torch.isfinite(p.grad).all(), name
+                assert p.grad.abs().sum() > 0, name  # no dead stage
+        optimiser.step()
+        losses.append(loss.item())
+    return losses, {k: v.clone() for k, v in model.state_dict().items()}, model
+
+
+def test_resnet32_cifar_trains_and_is_deterministic():
+    losses, state, model = train_steps(4)
+    assert all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert losses[-1] < losses[0]
+    assert int(state["layer3.4.bn2.num_batches_tracked"]) == 4
+    again, state_again, _ = train_steps(4)
+    assert again == losses
+    assert all(torch.equal(state[k], state_again[k]) for k in state)
+    assert model(torch.rand(2, *SMALL)).shape == (2, 64)
+
+
+@pytest.mark.parametrize("in_shape", [(1, 8, 8), (3, 7, 7)])
+def test_resnet32_cifar_other_image_shapes(in_shape):
+    """Any channel count and size: the option-A shortcut keeps ⌈H/2⌉ pixels, as the
+    stride-2 convolution does, for odd sizes too."""
+    model = build_backbone("resnet32_cifar", in_shape=in_shape)
+    assert model(torch.randn(2, *in_shape)).shape == (2, 64)
+
+
+def test_protolib_train_accepts_resnet32_cifar(tmp_path, capsys):
+    """`protolib train` with `model: resnet32_cifar` on a tiny synthetic 32×32 dataset:
+    exit 0, and the checkpoint holds a trained ResNet-32 (463 504 backbone parameters,
+    batch-norm statistics updated once per iteration) under a 3-class linear head."""
+    out = tmp_path / "run"
+    overrides = {
+        "model": "resnet32_cifar",
+        "dataset": "synthetic",
+        "dataset_options": {"train_size": 24, "test_size": 12, "num_classes": 3},
+        "iterations": 2,
+        "batch_size": 8,
+        "eval_every": 2,
+        "eval_batch_size": 64,
+        "probe_iterations": 0,
+    }
+    sets = [arg for k, v in overrides.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
+    assert main(["train", "--no-progress", "--out", str(out), *sets]) == 0
+    assert "run: completed" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["model"] == "resnet32_cifar"
+    network = torch.load(out / "checkpoint.pt", weights_only=True)["network"]
+    backbone = {
+        k.removeprefix("backbone."): v for k, v in network.items() if k.startswith("backbone.")
+    }
+    learned = [
+        v for k, v in backbone.items() if not k.split(".")[-1].startswith(("running", "num"))
+    ]
+    assert sum(v.numel() for v in learned) == he_cifar_resnet_param_count(5)
+    assert int(backbone["layer3.4.bn2.num_batches_tracked"]) == 2
+    assert network["head.weight"].shape == (3, 64)
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    loss = metrics[(metrics.split == "train") & (metrics.metric == "loss")]
+    assert sorted(loss.step) == [2] and loss.value.map(float).notna().all()
 
 
 # --------------------------------------------------------------------------- timm

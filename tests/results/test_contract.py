@@ -147,22 +147,40 @@ def test_every_table_starts_with_the_key_columns():
         head = [(f.name, f.nullable) for f in schema][: len(keys)]
         assert head == keys, name
     assert [c.name for c in KEY_COLUMNS] == ["run_id", "experiment", *GRID_COLUMNS]
-    assert list(GRID_COLUMNS) == ["loss", "n_w", "imbalance_ratio", "label_corruption", "seed"]
+    assert list(GRID_COLUMNS) == [
+        "loss",
+        "n_w",
+        "imbalance_ratio",
+        "imbalance",
+        "minority_fraction",
+        "label_corruption",
+        "seed",
+    ]
 
 
 def test_the_grid_axes_are_the_contracts_everywhere():
     names = [axis.name for axis in AXES]
     assert list(GRID_AXES) == names == list(AXIS_RULES)
-    # integers: the values the pipeline has always written into a run's config.json
+    # integers: the values the pipeline has always written into a run's config.json (the
+    # axes added later: STEP and μ = 0.5, which run ids leave out)
     assert GRID_DEFAULTS == {
         "n_w": [0],
         "imbalance_ratio": [1],
+        "imbalance": ["step"],
+        "minority_fraction": [0.5],
         "label_corruption": [0],
         "seed": [0],
     }
-    assert all(type(values[0]) is int for values in GRID_DEFAULTS.values())
+    assert all(type(GRID_DEFAULTS[a.name][0]) is int for a in AXES if not a.omit_default)
     # the report's tables group by the grid point and summarise the seeds
-    assert GRID == ["loss", "n_w", "imbalance_ratio", "label_corruption"]
+    assert GRID == [
+        "loss",
+        "n_w",
+        "imbalance_ratio",
+        "imbalance",
+        "minority_fraction",
+        "label_corruption",
+    ]
     defaults = RunConfig()
     for axis in AXES:
         assert getattr(defaults, axis.name) == axis.default, axis.name
@@ -172,7 +190,7 @@ def test_the_grid_axes_are_the_contracts_everywhere():
     grid = schema["$defs"]["experiment"]["properties"]["grid"]["properties"]
     assert list(grid) == names
     for axis in AXES:
-        kind = {int: "integer", float: "number"}[axis.python]
+        kind = {int: "integer", float: "number", str: "string"}[axis.python]
         assert grid[axis.name]["items"]["type"] == kind, axis.name
         assert grid[axis.name]["default"] == [axis.default], axis.name
 
@@ -182,3 +200,9 @@ def test_a_run_id_spells_each_axis_with_its_tag():
     assert run_id("supcon", values) == "supcon_nw10_R10_p0.2_s0"
     assert run_id("ce", {**values, "n_w": 0}, uses_n_w=False) == "ce_R10_p0.2_s0"
     assert run_id("ce", {**values, "imbalance_ratio": 1.5}) == "ce_nw10_R1.5_p0.2_s0"
+    # axes at their defaults are left out (earlier ids stay); off them, after the ratio
+    assert run_id("ce", {**values, "imbalance": "step", "minority_fraction": 0.5}) == (
+        "ce_nw10_R10_p0.2_s0"
+    )
+    assert run_id("ce", {**values, "imbalance": "exp"}) == "ce_nw10_R10_exp_p0.2_s0"
+    assert run_id("ce", {**values, "minority_fraction": 0.3}) == "ce_nw10_R10_mu0.3_p0.2_s0"

@@ -17,9 +17,11 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 from protolib.results import plots, tables
 from protolib.results.aggregate import aggregate
+from protolib.results.contract import AXES
 from protolib.results.markdown import markdown_table
 from protolib.results.plots.gram import gram_figure
 from protolib.results.report import (
@@ -124,7 +126,14 @@ def test_captions_cover_every_plot_and_table_and_are_valid_rst():
 
 def test_report_files_are_the_documented_report_in_order(tmp_path):
     plots_ = ["time_to_fit", "delta_g", "gram", "gamma", "accuracy_vs_imbalance"]
-    tables_ = ["accuracy", "time_to_fit", "trained_bounds", "delta_g"]
+    tables_ = [
+        "accuracy",
+        "time_to_fit",
+        "trained_bounds",
+        "accuracy_by_group",
+        "collapse",
+        "delta_g",
+    ]
     expected = [tmp_path / "plots" / f"{n}.png" for n in plots_] + [
         tmp_path / "tables" / f"{n}.{ext}" for n in tables_ for ext in ("csv", "md", "tex")
     ]
@@ -221,8 +230,12 @@ def table_lines(experiment, name: str) -> tuple[pd.DataFrame, str, str]:
 
 
 def row_prefixes(key: tuple) -> tuple[str, str]:
-    loss, n_w, ratio, p = key
-    return f"| {loss} | {n_w} | {ratio:g} | {p:g} | ", f"{loss} & {n_w} & {ratio:g} & {p:g} & "
+    """The (Markdown, LaTeX) start of the row of grid point ``key`` (:data:`KEYS`; the
+    other grid axes at their defaults)."""
+    point = {axis.name: axis.default for axis in AXES} | dict(zip(KEYS, key, strict=True))
+    cells = [f"{v:g}" if isinstance(v, float) else str(v) for v in map(point.get, tables.GRID)]
+    latex = " & ".join(map(tables.latex_escape, cells))
+    return "| " + " | ".join(cells) + " | ", latex + " & "
 
 
 def line_starting(text: str, prefix: str) -> str:
@@ -231,32 +244,39 @@ def line_starting(text: str, prefix: str) -> str:
     return found[0]
 
 
-def formatted(mean: float, std: float, decimals: int = 3) -> tuple[str, str]:
-    if math.isnan(std):
-        return f"{mean:.{decimals}f}", f"{mean:.{decimals}f}"
+def formatted(mean: float, half: float, n: int, decimals: int = 3) -> tuple[str, str]:
+    """The (Markdown, LaTeX) cell of a figure over all ``n`` seeds of its row."""
+    if n == 1:
+        return f"{mean:.{decimals}f} (n = 1)", f"{mean:.{decimals}f} (n = 1)"
     return (
-        f"{mean:.{decimals}f} ± {std:.{decimals}f}",
-        f"{mean:.{decimals}f} $\\pm$ {std:.{decimals}f}",
+        f"{mean:.{decimals}f} ± {half:.{decimals}f}",
+        f"{mean:.{decimals}f} $\\pm$ {half:.{decimals}f}",
     )
 
 
 @pytest.mark.parametrize(
     ("name", "figure"), [("accuracy", "test_accuracy"), ("delta_g", "delta_g")]
 )
-def test_mean_std_tables_equal_a_groupby_over_seeds(experiment, name, figure):
+def test_summary_tables_equal_a_groupby_over_seeds(experiment, name, figure):
     runs = experiment.frames["runs"]
     expected = runs.groupby(KEYS)[figure].agg(["mean", "std", "size"])
     csv, markdown, latex = table_lines(experiment, name)
     assert len(csv) == len(expected) == 7
     got = csv.set_index(KEYS)
     for key, row in expected.iterrows():
+        n = int(row["size"])
         assert got.loc[key, f"{figure}_mean"] == pytest.approx(row["mean"], rel=1e-12)
-        if math.isnan(row["std"]):
+        assert got.loc[key, f"{figure}_n"] == got.loc[key, "n_seeds"] == n
+        half = float("nan")
+        if n == 1:
             assert math.isnan(got.loc[key, f"{figure}_std"])
+            assert math.isnan(got.loc[key, f"{figure}_ci_low"])
         else:
             assert got.loc[key, f"{figure}_std"] == pytest.approx(row["std"], rel=1e-9)
-        assert got.loc[key, "n_seeds"] == row["size"]
-        md_text, tex_text = formatted(row["mean"], row["std"])
+            half = scipy.stats.t.ppf(0.975, n - 1) * row["std"] / math.sqrt(n)
+            low, high = got.loc[key, f"{figure}_ci_low"], got.loc[key, f"{figure}_ci_high"]
+            assert (low, high) == pytest.approx((row["mean"] - half, row["mean"] + half))
+        md_text, tex_text = formatted(row["mean"], half, n)
         md_prefix, tex_prefix = row_prefixes(key)
         assert md_text in line_starting(markdown, md_prefix)
         assert tex_text in line_starting(latex, tex_prefix)
@@ -311,7 +331,10 @@ def test_write_table_formats_and_escapes(tmp_path):
             "imbalance_ratio": [1.0, 10.0],
             "label_corruption": [0.0, 0.25],
             "test_accuracy_mean": [0.91234, 0.5],
-            "test_accuracy_std": [0.00421, float("nan")],
+            "test_accuracy_ci_low": [0.90812, float("nan")],
+            "test_accuracy_ci_high": [0.91656, float("nan")],
+            "test_accuracy_std": [0.0034, float("nan")],
+            "test_accuracy_n": [3, 1],
             "n_seeds": [3, 1],
         }
     )
@@ -320,12 +343,14 @@ def test_write_table_formats_and_escapes(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(csv), df, check_dtype=False)
     markdown = md.read_text()
     assert "| ce_fix | 0 | 1 | 0 | 0.912 ± 0.004 | 3 |" in markdown
-    assert "| supcon | 100 | 10 | 0.25 | 0.500 | 1 |" in markdown
+    assert "| supcon | 100 | 10 | 0.25 | 0.500 (n = 1) | 1 |" in markdown
     assert markdown.splitlines()[1] == "|:---|---:|---:|---:|---:|---:|"
+    assert markdown.endswith(f"\n\n{tables.LEGEND}\n")
     latex = tex.read_text()
     assert r"ce\_fix & 0 & 1 & 0 & 0.912 $\pm$ 0.004 & 3 \\" in latex
     assert r"loss & $n_w$ & $R$ & $p$ & test accuracy & seeds \\" in latex
-    assert latex.startswith(r"\begin{tabular}{lrrrrr}") and "ce_fix" not in latex
+    assert latex.startswith(f"% {tables.LEGEND}\n" + r"\begin{tabular}{lrrrrr}")
+    assert "ce_fix" not in latex
     assert files_under(tmp_path / "out") == {csv, md, tex}
 
 

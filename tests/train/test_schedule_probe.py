@@ -29,6 +29,18 @@ def test_schedules_closed_forms():
         lr_multiplier("exp", total=T)
 
 
+def test_warmup_ramps_linearly_then_follows_the_schedule():
+    T, W = 100, 10
+    step = lr_multiplier("step", total=T, milestones=[5, 60], factor=0.1, warmup=W)
+    cosine = lr_multiplier("cosine", total=T, warmup=W)
+    for t in range(T):
+        ramp = (t + 1) / W if t < W else 1.0
+        assert step(t) == pytest.approx(ramp * (1.0 if t < 5 else 0.1 if t < 60 else 0.01))
+        assert cosine(t) == pytest.approx(ramp * 0.5 * (1 + math.cos(math.pi * t / T)))
+    assert step(0) == pytest.approx(0.1) and step(W - 1) == pytest.approx(0.1)
+    assert lr_multiplier("constant", total=T, warmup=0)(0) == 1.0
+
+
 def test_epoch_budget_and_step_milestones_in_epochs(tmp_path):
     config = {
         "epochs": 4,
@@ -37,6 +49,7 @@ def test_epoch_budget_and_step_milestones_in_epochs(tmp_path):
         "batch_size": 128,
         "schedule": "step",
         "milestones": [2, 3],
+        "warmup": 1,
         "lr": 0.1,
         "eval_every": 1,
         "probe_iterations": 0,
@@ -48,6 +61,9 @@ def test_epoch_budget_and_step_milestones_in_epochs(tmp_path):
     metrics = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
     lr = metrics[metrics.metric == "lr"].set_index("step").value
     # the lr logged at step t is the one for the next step: milestones at epochs 2 and 3
+    # a one-epoch linear warm-up: (t + 1) / steps_per_epoch of the rate during epoch 1
+    assert lr.loc[4] == pytest.approx(0.1 * 5 / steps_per_epoch)
+    assert lr.loc[steps_per_epoch] == pytest.approx(0.1)
     assert lr.loc[2 * steps_per_epoch - 1] == pytest.approx(0.1)
     assert lr.loc[2 * steps_per_epoch] == pytest.approx(0.01)
     assert lr.loc[3 * steps_per_epoch] == pytest.approx(0.001)

@@ -181,8 +181,8 @@ def test_a_variant_name_equal_to_a_generated_id_is_refused():
 def test_the_default_config_keeps_its_run_ids():
     runs = plan(yaml.safe_load((ROOT / "config.yaml").read_text()), SCHEMA).runs
     ps, seeds = ["0", "0.2", "0.4", "0.6", "0.8"], [0, 1]
-    fit = {f"ce_R1_p{p}_s{s}" for p in ps for s in seeds}
-    fit |= {f"supcon_nw0_R1_p{p}_s{s}" for p in ps for s in seeds}
+    fit = {f"ce_R1_p{p}_s{s}" for p in ps for s in range(5)}
+    fit |= {f"supcon_nw0_R1_p{p}_s{s}" for p in ps for s in range(5)}
     prototypes = {f"ce_R{r}_p0_s{s}" for r in (1, 10, 50) for s in seeds} | {
         f"{loss}_nw{n}_R{r}_p0_s{s}"
         for loss in ("supcon", "bcl")
@@ -198,13 +198,20 @@ def test_the_default_config_keeps_its_run_ids():
     }
     limit = {f"limit_{g}_R10_p0_s0" for g in ("etf", "minority", "collapse")}
     bounds = {"ce_R1_p0_s0", "supcon_nw0_R1_p0_s0"}
+    long_tail = {  # exponential imbalance: the kind is in the id (STEP, the default, is not)
+        f"{variant}_R{r}_exp_p0_s{s}"
+        for variant in ("ce", "ce_la", "supcon_nw0", "supcon_etf_nw100", "bcl_nw0", "bcl_bind_nw0")
+        for r in (10, 50)
+        for s in range(3)
+    }
     assert {name: set(r) for name, r in runs.items()} == {
         "fit": fit,
         "prototypes": prototypes,
         "limit": limit,
+        "long_tail": long_tail,
         "bounds": bounds,
     }
-    assert sum(map(len, runs.values())) == 79
+    assert sum(map(len, runs.values())) == 50 + 54 + 3 + 36 + 2
 
 
 # --------------------------------------------------------------- 4, 5, 6, 9: values
@@ -397,25 +404,27 @@ def test_the_command_refuses_with_one_line_exit_2_and_writes_nothing(
 def test_the_train_job_gets_exactly_the_values_given_in_base_and_variant(tmp_path):
     cfg = config(
         base={**TINY, "imbalance_ratio": 10, "seed": 3},
-        losses={"ce": {"loss": "ce", "label_corruption": 0.1000001}},
+        losses={"ce": {"loss": "ce", "label_corruption": 0.1000001, "imbalance": "exp"}},
     )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    target = "results/e/batches/ce_R10_p0.1000001_s3.json"  # a batch of one run
+    target = "results/e/batches/ce_R10_exp_p0.1000001_s3.json"  # a batch of one run
     result = snakemake(tmp_path, "-n", "-p", target)
     assert result.returncode == 0, result.stderr[-3000:]
     command = re.search(r"protolib train --batch - .*<<< (.+?) >", result.stdout).group(1)
     (entry,) = json.loads(shlex.split(command)[0])["runs"]
-    assert entry["out"] == "results/e/runs/ce_R10_p0.1000001_s3"
+    assert entry["out"] == "results/e/runs/ce_R10_exp_p0.1000001_s3"
     job = RunConfig.from_dict(entry["config"])
     assert job.grid_keys == {
         "loss": "ce",
         "n_w": 0,
         "imbalance_ratio": 10.0,
+        "imbalance": "exp",
+        "minority_fraction": 0.5,
         "label_corruption": 0.1000001,
         "seed": 3,
     }
     assert (job.run_id, job.experiment, job.model_options) == (
-        "ce_R10_p0.1000001_s3",
+        "ce_R10_exp_p0.1000001_s3",
         "e",
         TINY["model_options"],
     )

@@ -6,6 +6,7 @@ few, through the real ``snakemake -n``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -20,7 +21,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
-from protolib.pipeline import GRID_AXES, PipelineConfigError, plan
+from protolib.pipeline import GRID_AXES, GRID_DEFAULTS, PipelineConfigError, plan
 from protolib.registry import LOSSES
 from protolib.train.config import RunConfig
 from tests.workflow.test_config_refusals import SCHEMA, TINY
@@ -32,8 +33,12 @@ AXIS_VALUES = {
     "n_w": ([0, 1, 2, 3], [-1, 1.0, NAN, "2"]),
     "imbalance_ratio": ([1, 1.0, 2, 2.5, 10], [0.5, 200, 1e300, NAN, INF]),
     "label_corruption": ([0, 0.0, -0.0, 0.1, 0.1000001, 0.2, 1], [1.5, NAN]),
+    "imbalance": (["step", "exp"], ["linear", 1]),
+    "minority_fraction": ([0.5, 0.3, 1], [0, 1.5, NAN]),
     "seed": ([0, 1, 2, 3], [2**32, -1, 1.5, True]),
 }
+#: each axis's value where a config does not set it
+DEFAULTS = {axis: values[0] for axis, values in GRID_DEFAULTS.items()}
 LARGEST_DIGITS_RATIO = 130  # protolib.data.largest_valid_ratio on digits' train split
 KEY_PATH = re.compile(
     r"^config: (experiments\.[^ ]+|plugins[^ ]*|results|report\.gram_runs(\.\d+)?|\(top level\)): "
@@ -93,23 +98,21 @@ def expected_points(cfg: dict[str, Any]) -> dict[str, set[tuple]]:
         found = set()
         for variant, spec in exp["losses"].items():
             takes_n_w = LOSSES.get(spec["loss"]).needs.prototypes == "optional"
-            axes = []
+            axes = {}
             for axis in GRID_AXES:
                 if axis in spec:
-                    axes.append([spec[axis]])
+                    axes[axis] = [spec[axis]]
                 elif axis == "n_w" and not takes_n_w:
-                    axes.append([0])
+                    axes[axis] = [0]
                 elif axis in exp["base"]:
-                    axes.append([exp["base"][axis]])
+                    axes[axis] = [exp["base"][axis]]
                 else:
-                    axes.append(exp["grid"].get(axis, [0 if axis != "imbalance_ratio" else 1]))
-            found |= {
-                (variant, n, r, p, s)
-                for n in axes[0]
-                for r in axes[1]
-                for p in axes[2]
-                for s in axes[3]
-            }
+                    axes[axis] = exp["grid"].get(axis, [DEFAULTS[axis]])
+            for n, r, kind, mu, p, s in itertools.product(
+                *(axes[a] for a in ("n_w", "imbalance_ratio", "imbalance")),
+                *(axes[a] for a in ("minority_fraction", "label_corruption", "seed")),
+            ):  # μ applies to STEP only: an exp point takes 0.5, once
+                found.add((variant, n, r, kind, mu if kind == "step" else 0.5, p, s))
         points[name] = found
     return points
 
@@ -146,8 +149,12 @@ def _key(value: Any) -> Any:
 
 
 def _ok(axis: str, value: Any) -> bool:
+    if axis == "imbalance":
+        return value in ("step", "exp")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return False
+    if axis == "minority_fraction":
+        return 0 < value <= 1
     if axis in ("n_w", "seed"):
         return isinstance(value, int) and 0 <= value < 2**32
     if axis == "imbalance_ratio":
@@ -202,13 +209,17 @@ def test_a_config_is_honoured_exactly_or_refused_with_one_line(cfg, workdir, bad
             assert checked.run_id == rid and run["experiment"] == name
             got.add((run["loss_name"], *(run[axis] for axis in GRID_AXES)))
             for axis in GRID_AXES:  # exactly the value given: same type, same number
-                assert type(run[axis]) in (int, float)
-            ratio, corruption, s = re.fullmatch(r".+_R(.+)_p(.+)_s(\d+)", rid).groups()
-            assert (float(ratio), float(corruption), int(s)) == (
+                assert type(run[axis]) in ((str,) if axis == "imbalance" else (int, float))
+            ratio, kind, mu, corruption, s = re.fullmatch(
+                r".+_R([^_]+)(_exp)?(?:_mu([^_]+))?_p([^_]+)_s(\d+)", rid
+            ).groups()
+            assert (float(ratio), float(mu or 0.5), float(corruption), int(s)) == (
                 run["imbalance_ratio"],
+                run["minority_fraction"],
                 run["label_corruption"],
                 run["seed"],
             )
+            assert ("exp" if kind else "step") == run["imbalance"]
         assert got == expected[name]  # one run per grid point, none merged or lost
         assert len(runs) == len(expected[name])
 

@@ -4,7 +4,8 @@ Every function reads aggregate DataFrames only (``runs``, ``metrics``, ``geometr
 ``gamma``; :mod:`protolib.results.aggregate`), never run directories, writes one PNG
 atomically and returns its path (helpers: :mod:`protolib.results.figures`). Degenerate
 input — no runs, one value on the x axis, a missing metric — still gives a figure, with a
-note in it saying what is missing. Spread over seeds is always the min–max band;
+note in it saying what is missing. Spread over seeds is always the 95 % Student-t
+interval of the mean (band and capped bars; none for a single seed);
 individual seeds are faint points. One module per figure family:
 :mod:`~protolib.results.plots.curves` (lines over the grid and over training),
 :mod:`~protolib.results.plots.gram` (Gram heatmaps), :mod:`~protolib.results.plots.gamma`
