@@ -34,6 +34,7 @@ _EXPORTS = {
     "load_dataset": "protolib.data.datasets",
     "make_splits": "protolib.data.splits",
     "split_sha256": "protolib.data.transforms",
+    "split_validation": "protolib.data.transforms",
     "step_imbalance": "protolib.data.transforms",
     "training_labels": "protolib.data.transforms",
 }

@@ -431,3 +431,31 @@ def training_labels(
         labels[kept], label_corruption, num_classes, seed, mode=corruption_mode
     )
     return kept, train, changed
+
+
+def split_validation(
+    kept: Tensor, train: Tensor, changed: Tensor, fraction: float, num_classes: int, seed: int
+) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Hold out a validation split from a run's training points (the output of
+    :func:`training_labels`), for model selection: ``⌊fraction · n_c⌋`` points of each class
+    ``c`` of the training labels, drawn by a seeded permutation (a stream of its own, so the
+    other draws of the run do not move). Returns the remaining ``(kept, train_labels,
+    changed)`` — ``changed`` as positions into the new ``kept`` — and the validation
+    ``(indices, labels)``; its labels are the training labels (corrupted where the run's
+    are), as a validation set carved from noisy data is. Every class keeps at least one
+    training point (``fraction < 1``)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction!r}")
+    rng = np.random.default_rng([seed, 0x7A11D])
+    array = train.cpu().numpy()
+    held = np.zeros(len(array), dtype=bool)
+    for c in range(num_classes):
+        members = np.flatnonzero(array == c)
+        take = _floor(fraction * len(members))
+        held[rng.permutation(members)[:take]] = True
+    keep = torch.from_numpy(np.flatnonzero(~held))
+    out = torch.from_numpy(np.flatnonzero(held))
+    was_changed = torch.zeros(len(array), dtype=torch.bool)
+    was_changed[changed] = True
+    new_changed = torch.nonzero(was_changed[keep]).flatten()
+    return (kept[keep], train[keep], new_changed), (kept[out], train[out])

@@ -135,7 +135,7 @@ def check_binding(config: Mapping[str, Any], runs: Runs) -> tuple[str, ...]:
     """Refuse a ``binding`` larger than a class of its run's training labels (after
     balancing, imbalance and corruption, computed here as the train job will); a dataset
     whose files are absent here is left to its train jobs (a note says so)."""
-    from protolib.data.transforms import bound_points, training_labels
+    from protolib.data.transforms import bound_points, split_validation, training_labels
 
     notes: list[str] = []
     defaults = RunConfig()
@@ -154,7 +154,12 @@ def check_binding(config: Mapping[str, Any], runs: Runs) -> tuple[str, ...]:
             K = splits.num_classes
             try:
                 options = {k: value[k] for k in _LABEL_KEYS[2:]}
-                _, labels, _ = training_labels(splits.train.labels, K, **options)
+                kept, labels, changed = training_labels(splits.train.labels, K, **options)
+                held = run.get("validation_fraction", defaults.validation_fraction)
+                if held:  # binding draws from what is left for training
+                    (_, labels, _), _ = split_validation(
+                        kept, labels, changed, held, K, value["seed"]
+                    )
                 bound_points(labels, binding, K, value["seed"])
             except ValueError as error:
                 where = _written_at(config, name, run[LOSS_NAME], "binding")

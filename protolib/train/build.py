@@ -21,6 +21,7 @@ from protolib.data import (
     DeviceLoader,
     bound_points,
     load_dataset,
+    split_validation,
     training_labels,
 )
 from protolib.geometry import GeometryError, make_prototypes, target_gram
@@ -56,6 +57,9 @@ class Prepared:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     test_loader: DeviceLoader  # evaluation only: iterate() in order, no sampling
     test_labels: Tensor  # on the device
+    # the points held out of training for model selection (validation_fraction > 0)
+    validation_loader: DeviceLoader | None = None
+    validation_labels: Tensor | None = None  # on the device
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,7 +81,7 @@ def prepare(config: RunConfig) -> Prepared:
         torch.set_num_threads(config.threads)
     with options_errors("dataset_options"):
         data = load_dataset(config.dataset, **config.dataset_options)
-    kept, original, labels, changed = _training_points(config, data)
+    kept, original, labels, changed, validation = _training_points(config, data)
     needs = config.loss_needs()
     torch.manual_seed(config.seed)  # the network's initial weights
     network, prototypes, target = _network(config, data, needs)
@@ -123,15 +127,18 @@ def prepare(config: RunConfig) -> Prepared:
         test_labels=data.test.labels.to(device),
         scheduler=scheduler,
         test_loader=test_loader,
+        validation_loader=_validation_loader(data, validation, device),
+        validation_labels=validation[1].to(device) if validation else None,
     )
 
 
 def _training_points(
     config: RunConfig, data: DatasetSplits
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
     """The training points a run uses: kept indices (after balancing and the run's STEP or
     exponential imbalance), their original labels, their training labels (after
-    corruption) and the positions that changed (MATH.md §6)."""
+    corruption) and the positions that changed (MATH.md §6); then the validation split
+    ``(indices, labels)`` held out of them, or None."""
     K = data.num_classes
     _, height, width = data.image_shape
     if config.crop_padding > min(height, width):
@@ -153,7 +160,12 @@ def _training_points(
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    return kept, data.train.labels[kept], labels, changed
+    validation = None
+    if config.validation_fraction > 0:
+        (kept, labels, changed), validation = split_validation(
+            kept, labels, changed, config.validation_fraction, K, config.seed
+        )
+    return kept, data.train.labels[kept], labels, changed, validation
 
 
 def _loaders(
@@ -178,16 +190,26 @@ def _loaders(
         seed=config.seed,
         bound=bound if config.binding else None,
     )
-    test = DeviceLoader(
-        data.test.images,
-        data.test.labels,
-        batch_size=1,
-        mean=data.mean,
-        std=data.std,
-        device=device,
-        sampling="epoch",
+    return train, _evaluation_loader(data, data.test.images, data.test.labels, device)
+
+
+def _validation_loader(
+    data: DatasetSplits, validation: tuple[Tensor, Tensor] | None, device: torch.device
+) -> DeviceLoader | None:
+    """The held-out training points (``(indices, labels)``) for evaluation, or None."""
+    if validation is None:
+        return None
+    indices, labels = validation
+    return _evaluation_loader(data, data.train.images[indices], labels, device)
+
+
+def _evaluation_loader(
+    data: DatasetSplits, images: Tensor, labels: Tensor, device: torch.device
+) -> DeviceLoader:
+    """A loader for evaluation only (``iterate()`` in order, the training statistics)."""
+    return DeviceLoader(
+        images, labels, batch_size=1, mean=data.mean, std=data.std, device=device, sampling="epoch"
     )
-    return train, test
 
 
 def _network(

@@ -72,6 +72,7 @@ class RunConfig:
     imbalance_ratio: float = 1.0
     minority_fraction: float = DEFAULT_MINORITY_FRACTION  # STEP's μ: the last ⌊μK⌋ classes
     label_corruption: float = 0.0
+    validation_fraction: float = 0.0  # held out of the training points, per class (§6)
     corruption_mode: str = "other"
     # model
     model: str = "mlp"
@@ -222,6 +223,10 @@ class RunConfig:
                 f"minority_fraction {self.minority_fraction!r} applies to imbalance 'step' "
                 f"only, got imbalance {self.imbalance!r}; leave minority_fraction at "
                 f"{DEFAULT_MINORITY_FRACTION} or use imbalance 'step'"
+            )
+        if not 0 <= self.validation_fraction < 1:
+            raise ConfigError(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}"
             )
         if not 0 <= self.label_corruption <= 1:
             raise ConfigError(f"label_corruption must be in [0, 1], got {self.label_corruption!r}")

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from protolib.geometry import class_means
 from protolib.train.bounds import NO_COMPARISON, compare_to_bound
 from protolib.train.build import Prepared
 from protolib.train.checkpoint import (
@@ -31,7 +32,7 @@ from protolib.train.checkpoint import (
     does_not_fit,
     save_state,
 )
-from protolib.train.evaluate import Evaluation, embed, evaluate_split_pair
+from protolib.train.evaluate import Evaluation, embed, error_rate, evaluate_split_pair, predict
 from protolib.train.outputs import (
     append_metrics,
     empty_metric_rows,
@@ -266,8 +267,26 @@ class Loop:
             expensive=self.step >= prep.total_steps,
             metric_options=self.config.metric_options,
         )
+        if prep.validation_loader is not None:
+            evaluation.metrics[("validation", "accuracy")] = self._validation_accuracy(
+                train_f, size, kw
+            )
         self._assessed = _Assessment(self.step, train_f, test_f, evaluation)
         return self._assessed
+
+    def _validation_accuracy(self, train_f: Tensor, size: int, kw: dict[str, Any]) -> float:
+        """Accuracy on the held-out training points, by the run's own classifier (its
+        logits, else the class means of the training embeddings), for model selection."""
+        prep = self.prep
+        assert prep.validation_loader is not None and prep.validation_labels is not None
+        features, logits = embed(prep.network, prep.validation_loader.iterate(size), **kw)
+        if logits is not None:
+            predictions = logits.argmax(1)
+        else:
+            K = prep.data.num_classes
+            means = class_means(train_f, prep.train_labels, K, allow_missing=True)
+            predictions = predict(features, means.to(features.dtype))
+        return 1.0 - error_rate(predictions, prep.validation_labels)
 
     def _classifier(self) -> Tensor | None:
         """The classifier rows: the head's weight, else the prototypes, else None."""

@@ -250,3 +250,28 @@ def test_training_labels_apply_balance_imbalance_and_corruption_in_that_order():
         seed=5,
     )
     assert plain.tolist() == list(range(len(labels)))
+
+
+def test_a_validation_split_holds_out_a_fraction_of_every_class_and_keeps_the_rest():
+    from protolib.data.transforms import split_validation
+
+    kept = torch.arange(100, 200)
+    train = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    changed = torch.tensor([3, 55, 99])
+    (k2, t2, c2), (val, val_labels) = split_validation(kept, train, changed, 0.25, 3, seed=4)
+    assert torch.bincount(val_labels, minlength=3).tolist() == [12, 7, 5]  # ⌊0.25·n_c⌋
+    assert torch.bincount(t2, minlength=3).tolist() == [38, 23, 15]
+    assert sorted(k2.tolist() + val.tolist()) == kept.tolist()  # a partition
+    # labels travel with their points; changed positions follow them into the new kept
+    lookup = dict(zip(kept.tolist(), train.tolist(), strict=True))
+    assert [lookup[i] for i in k2.tolist()] == t2.tolist()
+    assert [lookup[i] for i in val.tolist()] == val_labels.tolist()
+    still = {kept[i].item() for i in changed.tolist()} - set(val.tolist())
+    assert {k2[i].item() for i in c2.tolist()} == still
+    again = split_validation(kept, train, changed, 0.25, 3, seed=4)
+    assert again[1][0].tolist() == val.tolist()  # deterministic
+    assert split_validation(kept, train, changed, 0.25, 3, seed=5)[1][0].tolist() != val.tolist()
+    (k0, _, c0), (v0, _) = split_validation(kept, train, changed, 0.0, 3, seed=4)
+    assert k0.tolist() == kept.tolist() and c0.tolist() == changed.tolist() and len(v0) == 0
+    with pytest.raises(ValueError, match=r"validation_fraction must be in \[0, 1\), got 1"):
+        split_validation(kept, train, changed, 1, 3, seed=4)

@@ -37,6 +37,7 @@ VALID: dict[str, list] = {
     "minority_fraction": [0.5, 0.3],
     "imbalance_ratio": [1, 2.5, 50, 130, 131, 1e308],
     "label_corruption": [0, 0.5, 1],
+    "validation_fraction": [0, 0.25],
     "corruption_mode": ["other", "uniform"],
     "model": ["mlp", "cnn_small"],
     "model_options": [{"widths": [16], "out_dim": 8}, {"widths": [], "out_dim": 12}, {}],

@@ -90,3 +90,29 @@ def test_a_composite_loss_logs_each_component(tmp_path):
     assert {"loss", "loss.bcl", "loss.ce_la"} <= set(logged.columns)
     total = logged["loss.bcl"] + 0.5 * logged["loss.ce_la"]
     assert logged["loss"].to_numpy() == pytest.approx(total.to_numpy(), rel=1e-5)
+
+
+def test_a_validation_split_is_held_out_and_evaluated_at_every_step(tmp_path):
+    summary = train_run(
+        tiny_run(validation_fraction=0.2, iterations=4, eval_every=2),
+        tmp_path / "v",
+        progress=False,
+    )
+    plain = prepare(RunConfig.from_dict(tiny_run()))
+    prep = prepare(RunConfig.from_dict(tiny_run(validation_fraction=0.2)))
+    held = prep.validation_loader.num_samples
+    assert held == sum(int(0.2 * n) for n in counts(plain.train_labels))
+    assert summary["n_train"] == plain.kept.numel() - held
+    # the run trains on exactly what the pure split leaves, and never on a held-out point
+    from protolib.data.transforms import split_validation
+
+    (rest, _, _), (out, _) = split_validation(
+        plain.kept, plain.train_labels, plain.changed, 0.2, 10, seed=0
+    )
+    assert prep.kept.tolist() == rest.tolist() and not set(rest.tolist()) & set(out.tolist())
+    metrics = pd.read_parquet(tmp_path / "v" / "metrics.parquet")
+    validation = metrics[metrics.split == "validation"]
+    assert list(validation.step) == [2, 4] and set(validation.metric) == {"accuracy"}
+    assert validation.value.between(0, 1).all()
+    # the summary's figures stay the final ones on the test set
+    assert summary["test_accuracy"] == summary["final"]["test/accuracy"]
