@@ -266,6 +266,14 @@ def check_imbalance(
     the default STEP, and the largest valid ratio) when imbalance ``kind`` with ``ratio``
     would leave a class without a training point."""
     array = _check_labels(labels, num_classes, 1)
+    minorities = num_classes - first_minority(num_classes, minority_fraction)
+    if kind == "step" and ratio > 1 and not 1 <= minorities <= num_classes - 1:
+        raise ValueError(
+            f"minority_fraction {minority_fraction!r} makes ⌊μK⌋ = {minorities} of the "
+            f"K = {num_classes} classes minorities, so imbalance_ratio {ratio!r} would leave "
+            f"the classes balanced; allowed: a minority_fraction in [1/K, (K−1)/K] = "
+            f"[{1 / num_classes:.4g}, {(num_classes - 1) / num_classes:.4g}]"
+        )
     counts = np.bincount(array, minlength=num_classes)
     kept = kept_counts(counts, ratio, kind=kind, minority_fraction=minority_fraction)
     for c in range(num_classes):
@@ -293,8 +301,9 @@ def _describe(kind: str, minority_fraction: float) -> str:
 def split_sha256(kept: Tensor, train_labels: Tensor) -> str:
     """SHA-256 (hex) of a run's training split: the kept indices into the training split
     (int64 little-endian, sorted ascending) followed by their training labels in the same
-    order (int64 little-endian). Two runs with equal hashes train on the same points with
-    the same labels (``index`` and ``train_label`` of ``data.parquet``)."""
+    order (int64 little-endian). Two runs of one dataset (with the same dataset options)
+    and equal hashes train on the same points with the same labels (``index`` and
+    ``train_label`` of ``data.parquet``); the dataset itself is not part of the hash."""
     index = np.asarray(torch.as_tensor(kept).cpu(), dtype=np.int64)
     label = np.asarray(torch.as_tensor(train_labels).cpu(), dtype=np.int64)
     if index.shape != label.shape or index.ndim != 1:

@@ -3,7 +3,8 @@
 A class is in group ``many`` when it has more than ``many_above`` training images,
 ``few`` when it has fewer than ``few_below``, ``medium`` otherwise (defaults 100 and 20:
 many > 100, medium 20–100, few < 20), counted on the run's training set after
-imbalance and before label corruption. A group's accuracy is over the test points whose
+imbalance (and the validation hold-out, when the run has one) and before label
+corruption. A group's accuracy is over the test points whose
 label is in it; a group without a class (or without test points) has no accuracy
 (``None``), never 0.
 """

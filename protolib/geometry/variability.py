@@ -31,7 +31,7 @@ def class_variances(features: Tensor, labels: Tensor, means: Tensor) -> Tensor:
 def cdnv(features: Tensor, labels: Tensor, means: Tensor) -> float:
     """CDNV: ``(σ_c² + σ_c'²) / (2‖μ_c − μ_c'‖²)`` averaged over unordered class pairs
     c < c' (0 when every class has collapsed to distinct means). NaN for K < 2; +inf when
-    two classes with spread share a mean."""
+    two classes with spread share a mean, NaN when two collapsed classes share one (0/0)."""
     mu = means.double()
     K = mu.shape[0]
     if K < 2:

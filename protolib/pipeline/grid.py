@@ -272,6 +272,13 @@ def expand_experiment(
     runs: dict[str, dict[str, Any]] = {}
     points: dict[str, str] = {}
     asked: dict[tuple[str, str], tuple[Any, bool]] = {}  # APPLIES_WITH values and their use
+    for axis, values in grid.items():  # a grid list that every variant replaces is unused
+        if experiment["losses"] and all(axis in s for s in experiment["losses"].values()):
+            raise _fail(
+                f"config: experiments.{name}.grid.{axis}: {values!r} is not allowed: every loss "
+                f"variant of experiment {name!r} sets its own {axis}, so no run would use it; "
+                f"allowed: {axis} in grid or in the variants, not both everywhere"
+            )
     for variant, spec in experiment["losses"].items():
         where = f"experiments.{name}.losses.{variant}"
         _check_reserved(where, spec)

@@ -257,3 +257,26 @@ def test_the_split_hash_is_sha256_of_sorted_indices_and_their_labels():
     assert split_sha256(torch.tensor(kept), torch.tensor([1, 0, 2, 8])) != want
     with pytest.raises(ValueError, match="1-D of one length"):
         split_sha256(torch.tensor(kept), torch.tensor(labels[:3]))
+
+
+@pytest.mark.parametrize("mu", [0.05, 1.0])
+def test_a_minority_fraction_that_leaves_the_classes_balanced_is_refused(mu):
+    from protolib.data.transforms import check_imbalance, training_labels
+
+    labels = torch.arange(10).repeat_interleave(30)
+    with pytest.raises(ValueError, match=rf"minority_fraction {mu} makes ⌊μK⌋ = \d+ of the K = 10"):
+        check_imbalance(labels, 10, 10, kind="step", minority_fraction=mu)
+    with pytest.raises(ValueError, match="minority_fraction"):
+        training_labels(
+            labels,
+            10,
+            balance=False,
+            imbalance="step",
+            imbalance_ratio=10,
+            minority_fraction=mu,
+            label_corruption=0,
+            corruption_mode="other",
+            seed=0,
+        )
+    check_imbalance(labels, 1, 10, kind="step", minority_fraction=mu)  # R = 1: nothing to do
+    check_imbalance(labels, 10, 10, kind="step", minority_fraction=0.1)  # one minority: fine

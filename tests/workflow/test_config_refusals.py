@@ -438,3 +438,12 @@ def test_binding_beyond_a_class_of_the_runs_labels_is_refused_at_plan_time():
     assert "(run bcl_nw0_R50_p0_s0)" in message
     ok = config(losses={"bcl": {"loss": "bcl", "binding": 2}}, grid={"imbalance_ratio": [1, 50]})
     assert set(plan(ok, SCHEMA).runs["e"]) == {"bcl_nw0_R1_p0_s0", "bcl_nw0_R50_p0_s0"}
+
+
+def test_a_grid_list_that_every_variant_replaces_is_refused():
+    cfg = config(
+        losses={"ce": {"loss": "ce", "imbalance_ratio": 100}}, grid={"imbalance_ratio": [10, 50]}
+    )
+    message = refusal(cfg)
+    assert message.startswith("config: experiments.e.grid.imbalance_ratio: [10, 50] is not allowed")
+    assert "every loss variant" in message
