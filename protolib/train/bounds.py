@@ -1,8 +1,8 @@
 """A trained network against its loss bound, at the end of a run (MATH.md §4, last bullet).
 
 Made only where the bound applies and the comparison cannot be wrong: the run completed,
-its training labels (after balancing, imbalance and corruption) are exactly balanced, and
-``bound_batches > 0``. Then
+its training labels (after balancing, imbalance and corruption) are exactly balanced,
+``bound_batches > 0`` and a batch has two members or more. Then
 
 - a ``supcon`` run (any ``n_w``; the comparison is plain SupCon on the embeddings): the
   SupCon loss summed over anchors per batch, at ``ρ² = 1/τ``, over ``bound_batches``
@@ -53,7 +53,7 @@ def compare_to_bound(prep: Prepared, train_features: Tensor) -> dict[str, Any]:
 
     config, labels = prep.config, prep.train_labels
     K = prep.data.num_classes
-    if config.bound_batches == 0 or not exactly_balanced(labels, K):
+    if config.bound_batches == 0 or not exactly_balanced(labels, K) or config.batch_size < 2:
         return {**NO_COMPARISON, "bounds": None}
     features = train_features.detach().double().cpu()
     labels = labels.cpu()

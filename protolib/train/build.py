@@ -8,6 +8,7 @@ schedule and loaders are all built here, and every input a component refuses bec
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ def prepare(config: RunConfig) -> Prepared:
         data = load_dataset(config.dataset, **config.dataset_options)
     kept, original, labels, changed, validation = _training_points(config, data)
     needs = config.loss_needs()
+    if needs.head_input == "encoder" and config.projector == "none":  # the same layer then
+        needs = dataclasses.replace(needs, head_input="embedding")
     torch.manual_seed(config.seed)  # the network's initial weights
     network, prototypes, target = _network(config, data, needs)
     loss_options = dict(config.loss_options)
@@ -165,6 +168,13 @@ def _training_points(
         (kept, labels, changed), validation = split_validation(
             kept, labels, changed, config.validation_fraction, K, config.seed
         )
+        if validation[0].numel() == 0:
+            largest = int(torch.bincount(labels, minlength=K).max()) + len(validation[0])
+            raise ConfigError(
+                f"validation_fraction {config.validation_fraction!r} holds out no training "
+                f"point (⌊f·n_c⌋ = 0 for every class); allowed: 0, or at least "
+                f"{1 / max(largest, 1):.3g} for these classes"
+            )
     return kept, data.train.labels[kept], labels, changed, validation
 
 

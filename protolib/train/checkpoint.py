@@ -63,12 +63,21 @@ def load_resume(path: Path, config_dict: dict[str, Any]) -> dict[str, Any] | Non
             f"{path} is not a complete protolib checkpoint (missing {', '.join(missing)}); "
             f"{start_over}"
         )
-    if state["config"] != config_dict:
+    # a key added to the run config since the checkpoint was written reproduces the old
+    # behaviour at its default (the rule for every new key), so it counts as that default
+    saved = {**_defaults(), **state["config"]}
+    if saved != config_dict:
         raise ConfigError(
             f"{path.parent} holds an interrupted run with a different config (in {path}); "
             f"use another --out, or delete {path.name} to start this config's run over"
         )
     return state
+
+
+def _defaults() -> dict:
+    from protolib.train.config import RunConfig
+
+    return RunConfig().to_dict()
 
 
 def does_not_fit(path: Path, error: BaseException) -> ConfigError:

@@ -332,7 +332,8 @@ def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def _losses_with_n_w() -> list[str]:
-    return [name for name in LOSSES.names() if LOSSES.get(name).needs.prototypes == "optional"]
+    takes = [name for name in LOSSES.names() if LOSSES.get(name).needs.prototypes == "optional"]
+    return [*takes, "composite with such a part"]
 
 
 __all__ = [

@@ -116,3 +116,35 @@ def test_a_validation_split_is_held_out_and_evaluated_at_every_step(tmp_path):
     assert validation.value.between(0, 1).all()
     # the summary's figures stay the final ones on the test set
     assert summary["test_accuracy"] == summary["final"]["test/accuracy"]
+
+
+def test_a_validation_fraction_that_holds_out_nothing_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"validation_fraction 0.001 holds out no training point"):
+        prepare(RunConfig.from_dict(tiny_run(validation_fraction=0.001)))
+
+
+def test_single_member_batches_make_no_bound_comparison(tmp_path):
+    summary = train_run(
+        {**BALANCED, "loss": "supcon", "batch_size": 1, "iterations": 2, "eval_every": 2},
+        tmp_path / "b1",
+        progress=False,
+    )
+    assert summary["status"] == "completed" and summary["bound_kind"] is None
+
+
+def test_a_checkpoint_written_before_a_key_existed_resumes(tmp_path):
+    from protolib.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, load_resume
+
+    out = tmp_path / "r"
+    config = RunConfig.from_dict(tiny_run(iterations=4, checkpoint_every=2))
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": {k: v for k, v in config.to_dict().items() if k != "validation_fraction"},
+    }
+    state |= {key: state.get(key, 0) for key in CHECKPOINT_KEYS}
+    out.mkdir()
+    torch.save(state, out / "resume.pt")
+    assert load_resume(out / "resume.pt", config.to_dict())["config"] == state["config"]
+    changed = {**config.to_dict(), "validation_fraction": 0.2}
+    with pytest.raises(ConfigError, match="different config"):
+        load_resume(out / "resume.pt", changed)
