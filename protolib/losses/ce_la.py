@@ -80,6 +80,13 @@ def ce_la_loss(
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits)
         raise LossInputError(f"logits must be a tensor of shape (n, K) or (n, V, K), got {shape}")
     check_priors(priors, logits.shape[-1])
+    return _adjusted(logits, labels, priors, t, reduction)
+
+
+def _adjusted(
+    logits: Tensor, labels: Tensor, priors: Tensor, t: float, reduction: Reduction
+) -> dict[str, Tensor]:
+    """:func:`ce_la_loss` on inputs already checked (no value is read back to the host)."""
     dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
     shift = (t * priors.detach().double().log()).to(dtype=dtype, device=logits.device)
     return ce_loss(logits.to(dtype) + shift, labels, reduction=reduction)
@@ -108,7 +115,14 @@ class CrossEntropyLogitAdjusted(Loss):
     ) -> dict[str, Tensor]:
         if logits is None:
             raise LossInputError("loss 'ce_la' needs logits from a linear head; got logits=None")
-        return ce_la_loss(logits, labels, priors=self.priors, t=self.t, reduction=self.reduction)
+        # the priors were checked when the module was built: a training step reads nothing
+        # back from the device (only the class count, a shape, is compared)
+        if not isinstance(logits, Tensor) or logits.shape[-1:] != self.priors.shape:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits)
+            raise LossInputError(
+                f"logits must end in the {self.priors.shape[0]} classes of the priors, got {shape}"
+            )
+        return _adjusted(logits, labels, self.priors, self.t, self.reduction)
 
     def extra_repr(self) -> str:
         return f"t={self.t}, reduction={self.reduction!r}, classes={self.priors.shape[0]}"

@@ -91,6 +91,11 @@ def _columns(*spec: tuple[str, str]) -> tuple[Column, ...]:
     return tuple(Column(name, arrow) for name, arrow in spec)
 
 
+#: the metric panel's figures in the runs table (MATH.md §3): recorded under the ``test``
+#: and the ``train`` split of ``metrics.parquet``, their last values in ``runs.parquet``
+PANEL_TEST = ("accuracy_many", "accuracy_medium", "accuracy_few", "knn_accuracy", "ncc_agreement")
+PANEL_TRAIN = ("effective_rank", "cdnv", "alignment", "uniformity")
+
 #: ``runs.parquet`` after the key columns: the figures of ``summary.json``
 RUNS_FIGURES = _columns(
     ("loss_type", "string"),
@@ -110,15 +115,7 @@ RUNS_FIGURES = _columns(
     # the metric panel at the last evaluation (MATH.md §3): test accuracy per class-size
     # group (null when the group has no class), kNN and nearest-class-mean agreement on
     # the test set, and the collapse statistics of the training embeddings
-    ("accuracy_many", "float64"),
-    ("accuracy_medium", "float64"),
-    ("accuracy_few", "float64"),
-    ("knn_accuracy", "float64"),
-    ("ncc_agreement", "float64"),
-    ("effective_rank", "float64"),
-    ("cdnv", "float64"),
-    ("alignment", "float64"),
-    ("uniformity", "float64"),
+    *((name, "float64") for name in (*PANEL_TEST, *PANEL_TRAIN)),
     ("n_train", "int64"),
     ("n_corrupted", "int64"),
     # SHA-256 of the kept training indices and their training labels (MATH.md §6;

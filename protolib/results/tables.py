@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from protolib.io import write_text
-from protolib.results.contract import GRID_COLUMNS, SEED
+from protolib.results.contract import GRID_COLUMNS, PANEL_TEST, PANEL_TRAIN, SEED
 from protolib.results.intervals import CONFIDENCE, STATS, summarise
 from protolib.results.markdown import markdown_table
 from protolib.results.report import TABLE_FORMATS
@@ -116,15 +116,13 @@ def time_to_fit_table(runs: pd.DataFrame) -> pd.DataFrame:
 def group_accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Test accuracy on the many / medium / few classes (by training-set size), kNN
     accuracy and nearest-class-mean agreement (MATH.md §3), over seeds."""
-    figures = ["accuracy_many", "accuracy_medium", "accuracy_few", "knn_accuracy"]
-    return _summary(runs, [f for f in [*figures, "ncc_agreement"] if f in runs])
+    return _summary(runs, [f for f in PANEL_TEST if f in runs])
 
 
 def collapse_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The collapse statistics of the final training embeddings (MATH.md §3): effective
     rank of the centred class means, CDNV, alignment and uniformity, over seeds."""
-    figures = ["effective_rank", "cdnv", "alignment", "uniformity"]
-    return _summary(runs, [f for f in figures if f in runs])
+    return _summary(runs, [f for f in PANEL_TRAIN if f in runs])
 
 
 def delta_g_table(runs: pd.DataFrame) -> pd.DataFrame:

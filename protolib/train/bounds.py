@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from protolib.train.build import Prepared
@@ -39,21 +38,18 @@ NO_COMPARISON: dict[str, Any] = {
 }
 
 
-def exactly_balanced(labels: Tensor, num_classes: int) -> bool:
-    """Whether every one of the ``num_classes`` classes has the same, non-zero count."""
-    counts = torch.bincount(labels.cpu(), minlength=num_classes)
-    return bool(counts.numel() == num_classes and counts.min() > 0 and counts.min() == counts.max())
-
-
 def compare_to_bound(prep: Prepared, train_features: Tensor) -> dict[str, Any]:
     """The ``bound_*`` columns and the ``bounds`` detail of a completed run (see the module
     docstring); ``train_features`` are the final embeddings of the training points, as
     the evaluation computed them (unit rows for a loss on normalised features)."""
-    from protolib.theory.trained import ce_vs_bounds, supcon_vs_bound
+    from protolib.theory.trained import balanced_classes, ce_vs_bounds, supcon_vs_bound
 
     config, labels = prep.config, prep.train_labels
-    K = prep.data.num_classes
-    if config.bound_batches == 0 or not exactly_balanced(labels, K) or config.batch_size < 2:
+    if config.bound_batches == 0 or config.batch_size < 2:
+        return {**NO_COMPARISON, "bounds": None}
+    try:  # the bounds need exactly balanced labels: any other run makes no comparison
+        balanced_classes(labels.cpu(), prep.data.num_classes)
+    except ValueError:
         return {**NO_COMPARISON, "bounds": None}
     features = train_features.detach().double().cpu()
     labels = labels.cpu()

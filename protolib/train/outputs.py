@@ -27,6 +27,7 @@ from torch import Tensor
 import protolib
 from protolib.data.transforms import split_sha256
 from protolib.io import write_atomic, write_json
+from protolib.results.contract import PANEL_TEST, PANEL_TRAIN
 from protolib.results.manifest import build_manifest
 from protolib.results.schema import (
     DATA,
@@ -135,11 +136,6 @@ def _images_per_second(facts: RunFacts) -> float | None:
     images = facts.record["iterations"] * batch * config.views
     seconds = facts.record["train_seconds"]
     return images / seconds if seconds > 0 else None
-
-
-#: the metric panel's figures in the runs table (MATH.md §3), by split
-PANEL_TEST = ("accuracy_many", "accuracy_medium", "accuracy_few", "knn_accuracy", "ncc_agreement")
-PANEL_TRAIN = ("effective_rank", "cdnv", "alignment", "uniformity")
 
 
 def _final(split: str, name: str) -> Source:

@@ -220,16 +220,9 @@ def test_training_labels_apply_balance_imbalance_and_corruption_in_that_order():
     from protolib.data.transforms import training_labels
 
     labels = torch.tensor([0] * 40 + [1] * 30 + [2] * 25 + [3] * 20)
+    keys = dict(imbalance="step", minority_fraction=0.5, corruption_mode="other", seed=5)
     kept, train, changed = training_labels(
-        labels,
-        4,
-        balance=True,
-        imbalance="step",
-        imbalance_ratio=4,
-        minority_fraction=0.5,
-        label_corruption=0.25,
-        corruption_mode="other",
-        seed=5,
+        labels, 4, balance=True, imbalance_ratio=4, label_corruption=0.25, **keys
     )
     pool = balance_classes(labels, 4, 5)  # 20 per class
     expected_kept = pool[step_imbalance(labels[pool], 4, 4, 5)]  # 20, 20, 5, 5
@@ -239,15 +232,7 @@ def test_training_labels_apply_balance_imbalance_and_corruption_in_that_order():
     assert train.tolist() == expected_train.tolist()
     assert changed.tolist() == expected_changed.tolist() and len(changed) == 12
     plain, _, _ = training_labels(
-        labels,
-        4,
-        balance=False,
-        imbalance="step",
-        imbalance_ratio=1,
-        minority_fraction=0.5,
-        label_corruption=0,
-        corruption_mode="other",
-        seed=5,
+        labels, 4, balance=False, imbalance_ratio=1, label_corruption=0, **keys
     )
     assert plain.tolist() == list(range(len(labels)))
 
