@@ -7,7 +7,7 @@ components, and declares its :class:`LossNeeds` (``Loss.needs_for(options)``: a
 composite's depend on its parts).
 """
 
-from protolib.losses.base import REDUCTIONS, Loss, LossInputError, LossNeeds, Reduction
+from protolib.losses.base import REDUCTIONS, Loss, LossInputError, LossNeeds, Reduction, Shard
 from protolib.losses.ce import CrossEntropy, CrossEntropyFixed, ce_fix_loss, ce_loss
 from protolib.losses.ce_la import CrossEntropyLogitAdjusted, ce_la_loss
 from protolib.losses.composite import Composite
@@ -30,6 +30,7 @@ __all__ = [
     "LossInputError",
     "LossNeeds",
     "Reduction",
+    "Shard",
     "SupCon",
     "SupConLimit",
     "SupConLimitPaper",

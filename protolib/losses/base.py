@@ -55,6 +55,30 @@ class LossNeeds:
     head_input: HeadInput = "embedding"
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a batch gathered from ``count`` processes (MATH.md §1.10).
+
+    The gathered batch holds every process's samples in process order, in ``count``
+    equal contiguous parts; process ``index`` owns part ``index`` (:meth:`rows`).
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.count, int) and self.count >= 1 and 0 <= self.index < self.count):
+            raise ValueError(f"a shard needs 0 <= index < count, got {self.index} of {self.count}")
+
+    def rows(self, n: int) -> slice:
+        """The rows of this process among ``n`` gathered samples (``n`` divisible by
+        ``count``)."""
+        if n % self.count:
+            raise LossInputError(f"{n} samples do not split into {self.count} equal shards")
+        size = n // self.count
+        return slice(self.index * size, (self.index + 1) * size)
+
+
 class Loss(nn.Module):
     """Base of the registered loss modules.
 
@@ -83,6 +107,21 @@ class Loss(nn.Module):
         self, features: Tensor, labels: Tensor, *, logits: Tensor | None = None
     ) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def forward_shard(
+        self, features: Tensor, labels: Tensor, *, logits: Tensor | None = None, shard: Shard
+    ) -> dict[str, Tensor]:
+        """This process's share of :meth:`forward` on a gathered batch (MATH.md §1.10).
+
+        ``features``, ``labels`` and ``logits`` are the whole batch gathered from every
+        process. The contract: summed over ``shard.index = 0 … count − 1``, the returned
+        values equal :meth:`forward`'s, and so do the gradients of the summed ``"loss"``.
+        This default computes the whole loss and returns ``1/count`` of it (exact for any
+        loss; right for losses that are cheap on the whole batch). Contrastive losses
+        override it to compute only their own anchors against every member.
+        """
+        out = self(features, labels, logits=logits)
+        return {name: value / shard.count for name, value in out.items()}
 
     def _require_prototypes(self, name: str) -> Tensor:
         if self.prototypes is None:

@@ -23,7 +23,13 @@ SMALL_RUN = tiny_run(
 )
 # What a CPU-only node with 2 cores needs; everything else is the repository's profile.
 NODE_ENV = {"PROTOLIB_SLURM_CPUS_PER_GPU": "1", "PROTOLIB_SLURM_MEM_PER_GPU_MB": "2000"}
-PLUGIN_FLAGS = ["--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5"]
+PLUGIN_FLAGS = [
+    "--slurm-no-account",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    "--seconds-between-status-checks",
+    "1",
+]
 
 
 def cluster_script(name: str, state: Path, timeout: float) -> subprocess.CompletedProcess:
