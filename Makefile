@@ -26,8 +26,8 @@ env: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(if $(strip $(TORCH)),$(BIN)/python -m pip install --quiet $(PIP_COMPILE) $(TORCH))
-	$(BIN)/python -m pip install --quiet $(PIP_COMPILE) -e '.[dev]'
+	$(if $(strip $(TORCH)),$(BIN)/python -m pip install --quiet $(TORCH) $(PIP_COMPILE))
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(PIP_COMPILE)
 	@touch $@
 
 lint: $(STAMP)

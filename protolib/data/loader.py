@@ -48,7 +48,13 @@ class Augment:
         return self.crop_padding > 0 or self.flip
 
 
-def augment_batch(images: Tensor, augment: Augment, generator: torch.Generator) -> Tensor:
+def augment_batch(
+    images: Tensor,
+    augment: Augment,
+    generator: torch.Generator,
+    *,
+    of: tuple[int, int] | None = None,
+) -> Tensor:
     """Augment float ``images`` ``(B, C, H, W)`` on their device, each sample independently.
 
     Crop: pad every side with ``p`` zeros, then take the ``H×W`` window at a per-sample
@@ -56,6 +62,11 @@ def augment_batch(images: Tensor, augment: Augment, generator: torch.Generator) 
     mirror the width axis of each sample with probability 1/2. Random draws, in this order:
     offsets ``(B, 2)`` then the flip mask ``(B,)``, on ``generator``'s device. Returns
     ``images`` itself when ``augment`` is inactive.
+
+    ``of=(start, total)``: ``images`` are members ``start … start+B−1`` of a batch of
+    ``total``; the draws are the whole batch's and these members get theirs, so the parts
+    of a batch augmented apart (one per process, MATH.md §1.10) equal the batch augmented
+    at once.
     """
     if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
         what = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else images
@@ -63,19 +74,23 @@ def augment_batch(images: Tensor, augment: Augment, generator: torch.Generator) 
     if not augment.active:
         return images
     B, C, H, W = images.shape
+    start, total = (0, B) if of is None else of
+    if not 0 <= start <= total - B:
+        raise ValueError(f"of=(start, total) must hold the {B} images, got {of!r}")
+    mine = slice(start, start + B)
     device, draw_on = images.device, generator.device
     p = augment.crop_padding
     if p > 0:
         Hp, Wp = H + 2 * p, W + 2 * p
         padded = F.pad(images, (p, p, p, p)).reshape(B, C, Hp * Wp)
-        offsets = torch.randint(0, 2 * p + 1, (B, 2), generator=generator, device=draw_on)
-        offsets = offsets.to(device)
+        offsets = torch.randint(0, 2 * p + 1, (total, 2), generator=generator, device=draw_on)
+        offsets = offsets[mine].to(device)
         rows = offsets[:, 0, None, None] + torch.arange(H, device=device)[:, None]  # (B, H, 1)
         cols = offsets[:, 1, None, None] + torch.arange(W, device=device)  # (B, 1, W)
         flat = (rows * Wp + cols).reshape(B, 1, H * W).expand(B, C, H * W)
         images = padded.gather(2, flat).view(B, C, H, W)
     if augment.flip:
-        mask = torch.rand(B, generator=generator, device=draw_on).to(device) < 0.5
+        mask = torch.rand(total, generator=generator, device=draw_on)[mine].to(device) < 0.5
         images = torch.where(mask[:, None, None, None], images.flip(-1), images)
     return images
 
@@ -211,21 +226,29 @@ class DeviceLoader:
         self._position += 1
         return self._perm[start : start + b].clone()
 
-    def next_batch(self) -> tuple[Tensor, Tensor, Tensor]:
+    def next_batch(self, rows: slice | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The next ``(x, y, idx)``: ``x`` float32 ``(B, C, H, W)`` for one view, else
         ``(B, V, C, H, W)``; ``y`` int64 ``(B,)``; ``idx`` int64 ``(B,)`` positions in the
         split. ``B`` is the sampled ``batch_size`` (less for the short tail of an epoch
         without ``drop_last``) plus the ``L`` bound points, which come last, in the order of
-        ``bound``. One augmentation draw covers all ``B·V`` members."""
+        ``bound``. One augmentation draw covers all ``B·V`` members.
+
+        ``rows`` (a process's shard, MATH.md §1.10): ``x`` holds only those members of the
+        batch, as the whole batch would have them (the same draws), while ``y`` and
+        ``idx`` still cover the whole batch (every process needs every label)."""
         idx = self._next_indices()
         if self.bound is not None:
             idx = torch.cat((idx, self.bound))
         self._step += 1
-        x = self._to_unit(self.images[idx])
+        members = idx if rows is None else idx[rows]
+        x = self._to_unit(self.images[members])
         b, rest = x.shape[0], x.shape[1:]
         if self.views > 1:
             x = x.unsqueeze(1).expand(b, self.views, *rest).reshape(b * self.views, *rest)
-        x = self._normalise(augment_batch(x, self.augment, self._augment_gen))
+        of = None
+        if rows is not None:
+            of = (rows.indices(idx.numel())[0] * self.views, idx.numel() * self.views)
+        x = self._normalise(augment_batch(x, self.augment, self._augment_gen, of=of))
         if self.views > 1:
             x = x.view(b, self.views, *rest)
         return x, self.labels[idx], idx

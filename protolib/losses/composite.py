@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -23,6 +23,7 @@ from protolib.losses.base import (
     LossInputError,
     LossNeeds,
     Reduction,
+    Shard,
     check_n_w,
     check_reduction,
 )
@@ -233,10 +234,24 @@ class Composite(Loss):
         self, features: Tensor, labels: Tensor, *, logits: Tensor | None = None
     ) -> dict[str, Tensor]:
         """``{"loss": Σ α_j L_j, <part>: L_j (unweighted, detached) for each part}``."""
+        return self._combine(lambda part: part(features, labels, logits=logits)["loss"])
+
+    def forward_shard(
+        self, features: Tensor, labels: Tensor, *, logits: Tensor | None = None, shard: Shard
+    ) -> dict[str, Tensor]:
+        """This process's share of :meth:`forward` (MATH.md §1.10): ``Σ α_j`` of each
+        part's :meth:`~protolib.losses.base.Loss.forward_shard`, and each part's share
+        (unweighted, detached) under its name; summed over the shards, :meth:`forward`."""
+        return self._combine(
+            lambda part: part.forward_shard(features, labels, logits=logits, shard=shard)["loss"]
+        )
+
+    def _combine(self, value_of: Callable[[Loss], Tensor]) -> dict[str, Tensor]:
+        """``{"loss": Σ α_j value_of(part_j), <part>: value_of(part_j) detached}``."""
         total: Tensor | None = None
         components: dict[str, Tensor] = {}
         for name, part in self.parts.items():
-            value = part(features, labels, logits=logits)["loss"]
+            value = value_of(part)
             weighted = self.weights[name] * value
             total = weighted if total is None else total + weighted
             components[name] = value.detach()

@@ -12,7 +12,7 @@ from typing import Any
 _HOMES = {
     "ConfigError": "protolib.train.config",
     "RunConfig": "protolib.train.config",
-    "RunInterrupted": "protolib.train.loop",
+    "RunInterrupted": "protolib.train.signals",
     "prepare": "protolib.train.build",
     "train_run": "protolib.train.run",
 }

@@ -31,7 +31,9 @@ from protolib.losses import Loss, LossNeeds
 from protolib.models import Network, build_network
 from protolib.registry import LOSSES, RegistryError
 from protolib.train.config import ConfigError, RunConfig
+from protolib.train.distributed import Launch, check_batch_split
 from protolib.train.schedule import lr_multiplier
+from protolib.train.sgd import SGD
 
 
 @dataclass
@@ -63,21 +65,35 @@ class Prepared:
     validation_labels: Tensor | None = None  # on the device
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device a config's ``device`` names (``auto``: CUDA when available)."""
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The device a config's ``device`` names (``auto``: CUDA when available); with
+    several processes on CUDA, the ``local_rank``-th GPU of the node."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "device 'cuda' was asked for but no CUDA device is available; use auto or cpu"
         )
+    if name == "cuda" and local_rank is not None:
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise ConfigError(
+                f"device 'cuda': process {local_rank} of this node has no GPU of its own "
+                f"({count} visible); start at most {count} processes per node"
+            )
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
-def prepare(config: RunConfig) -> Prepared:
+def prepare(config: RunConfig, launch: Launch | None = None) -> Prepared:
     """Load data, build model, prototypes, loss, optimiser and schedule; raise
-    :class:`ConfigError` on any invalid input."""
-    device = resolve_device(config.device)
+    :class:`ConfigError` on any invalid input. ``launch``: this process's place among
+    several processes training the run (its GPU, SyncBatchNorm, shards that split
+    equally), None for one process."""
+    if launch is not None:
+        check_batch_split(config.batch_size, launch.size)
+    device = resolve_device(config.device, None if launch is None else launch.local_rank)
     if config.threads:
         torch.set_num_threads(config.threads)
     with options_errors("dataset_options"):
@@ -99,6 +115,15 @@ def prepare(config: RunConfig) -> Prepared:
     with options_errors("loss_options"):
         loss = LOSSES.create(config.loss, **loss_options)
     on_cuda = device.type == "cuda"
+    if launch is not None:
+        network = _for_processes(config, network, launch, device)
+        if config.binding * data.num_classes % launch.size:
+            raise ConfigError(
+                f"binding {config.binding} adds {config.binding * data.num_classes} bound "
+                f"points to every batch, which do not split into {launch.size} equal "
+                f"shards; allowed: a binding whose {data.num_classes} classes' points "
+                f"are a multiple of {launch.size}"
+            )
     channels_last = config.channels_last and on_cuda
     network = network.to(device)
     if channels_last:
@@ -133,6 +158,26 @@ def prepare(config: RunConfig) -> Prepared:
         validation_loader=_validation_loader(data, validation, device),
         validation_labels=validation[1].to(device) if validation else None,
     )
+
+
+def _for_processes(
+    config: RunConfig, network: Network, launch: Launch, device: torch.device
+) -> Network:
+    """``network`` with its batch norm synchronised over the processes (SyncBatchNorm,
+    statistics of the global batch) when ``sync_batchnorm`` asks for it; the parameters
+    stay the same objects and the state-dict keys the same names."""
+    batch_norm = torch.nn.modules.batchnorm._BatchNorm
+    has_batch_norm = any(isinstance(m, batch_norm) for m in network.modules())
+    if not (config.sync_batchnorm and has_batch_norm):
+        return network
+    if device.type != "cuda":
+        raise ConfigError(
+            f"sync_batchnorm true needs CUDA with several processes (torch's SyncBatchNorm "
+            f"runs on GPUs only), but model {config.model!r} has batch norm and this run is "
+            f"on the CPU with {launch.size} processes; set sync_batchnorm false (statistics "
+            "per process) or run it in one process"
+        )
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
 
 
 def _training_points(
@@ -273,7 +318,8 @@ def _optimiser(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD with momentum and weight decay, and its per-iteration schedule (milestones
     and warm-up in epochs are converted to iterations)."""
-    optimizer = torch.optim.SGD(
+    # torch.optim.SGD bit for bit, without its ~1 s import of torch._dynamo (sgd.py)
+    optimizer = SGD(
         network.parameters(),
         lr=config.lr,
         momentum=config.momentum,

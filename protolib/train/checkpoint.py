@@ -63,10 +63,7 @@ def load_resume(path: Path, config_dict: dict[str, Any]) -> dict[str, Any] | Non
             f"{path} is not a complete protolib checkpoint (missing {', '.join(missing)}); "
             f"{start_over}"
         )
-    # a key added to the run config since the checkpoint was written reproduces the old
-    # behaviour at its default (the rule for every new key), so it counts as that default
-    saved = {**_defaults(), **state["config"]}
-    if saved != config_dict:
+    if with_defaults(state["config"]) != config_dict:
         raise ConfigError(
             f"{path.parent} holds an interrupted run with a different config (in {path}); "
             f"use another --out, or delete {path.name} to start this config's run over"
@@ -74,10 +71,13 @@ def load_resume(path: Path, config_dict: dict[str, Any]) -> dict[str, Any] | Non
     return state
 
 
-def _defaults() -> dict:
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run config saved earlier (in a checkpoint or ``config.json``) with every key added
+    since at its default: a new key reproduces the old behaviour at its default (the rule
+    for every new key), so a missing one counts as that default."""
     from protolib.train.config import RunConfig
 
-    return RunConfig().to_dict()
+    return {**RunConfig().to_dict(), **saved}
 
 
 def does_not_fit(path: Path, error: BaseException) -> ConfigError:

@@ -117,6 +117,8 @@ class RunConfig:
     channels_last: bool = True
     threads: int | None = None
     checkpoint_every: int = 500
+    # several processes (torchrun): batch norm over the global batch; no effect in one
+    sync_batchnorm: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:

@@ -4,6 +4,13 @@
 loss sums, timing, status); :meth:`Loop.run` trains to the end, writes the outputs
 (:mod:`protolib.train.outputs`) and returns the summary. SIGTERM or Ctrl-C saves
 ``resume.pt`` and raises :class:`RunInterrupted`.
+
+With several processes (a :class:`~protolib.train.distributed.ProcessGroup`; MATH.md
+§1.10) each process trains the DDP-wrapped network on its shard of the global batch,
+gathers every member's features and logits with gradient and computes its share of the
+loss (``Loss.forward_shard``); the running loss sums stay per process and are summed over
+the processes when a decision needs them. Rank 0 alone evaluates and writes; the others
+wait for it. A signal on any process stops every process at the same step.
 """
 
 from __future__ import annotations
@@ -12,17 +19,16 @@ import os
 import platform
 import signal
 import sys
-import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from protolib.geometry import class_means
+from protolib.losses import Shard
+from protolib.train.assess import Assessment, assess, classifier_rows
 from protolib.train.bounds import NO_COMPARISON, compare_to_bound
 from protolib.train.build import Prepared
 from protolib.train.checkpoint import (
@@ -32,7 +38,7 @@ from protolib.train.checkpoint import (
     does_not_fit,
     save_state,
 )
-from protolib.train.evaluate import Evaluation, embed, error_rate, evaluate_split_pair, predict
+from protolib.train.distributed import ProcessGroup
 from protolib.train.outputs import (
     append_metrics,
     empty_metric_rows,
@@ -42,7 +48,8 @@ from protolib.train.outputs import (
     write_tables,
 )
 from protolib.train.probe import linear_probe
-from protolib.train.progress import ProgressLog
+from protolib.train.progress import ProgressLog, QuietLog
+from protolib.train.signals import RunInterrupted, StopSignals
 
 DIVERGENCE_CHECK_EVERY = 50  # iterations between checks of the running loss
 HEADLINE = {  # what an evaluation's log line shows
@@ -53,32 +60,19 @@ HEADLINE = {  # what an evaluation's log line shows
 }
 
 
-class RunInterrupted(RuntimeError):
-    """The run was stopped by a signal after saving a checkpoint; re-run to resume."""
-
-    def __init__(self, signum: int, step: int, out_dir: Path) -> None:
-        name = signal.Signals(signum).name
-        super().__init__(f"{name} at step {step}: checkpoint saved in {out_dir}; re-run to resume")
-        self.signum = signum
-
-
-@dataclass
-class _Assessment:
-    """The embeddings of both splits at ``step`` and what their evaluation found (one
-    pass per step: the final evaluation's is reused for the outputs)."""
-
-    step: int
-    train_features: Tensor
-    test_features: Tensor
-    evaluation: Evaluation
-
-
 class Loop:
     """Train ``prep`` into the run directory ``out``; ``progress`` None shows a progress
-    bar when standard error is a terminal."""
+    bar when standard error is a terminal; ``group``: the processes that train the run
+    together (None: this process alone)."""
 
-    def __init__(self, prep: Prepared, out: Path, progress: bool | None) -> None:
+    def __init__(
+        self, prep: Prepared, out: Path, progress: bool | None, group: ProcessGroup | None = None
+    ) -> None:
         self.prep = prep
+        self.group = group
+        self.main = group is None or group.main  # evaluates and writes
+        # what trains: the network itself, or its DDP wrapper (the state stays the network's)
+        self.model = prep.network if group is None else group.wrap(prep.network)
         self.config = prep.config
         self.out = out
         self.interactive = sys.stderr.isatty() if progress is None else progress
@@ -94,7 +88,7 @@ class Loop:
         # one entry per process that worked on the run: where it started, and on which
         # host and scheduler job (a SLURM retry or requeue adds one)
         self.attempts: list[dict[str, Any]] = []
-        self._assessed: _Assessment | None = None
+        self._assessed: Assessment | None = None
 
     # -- state -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -118,7 +112,10 @@ class Loop:
         }
 
     def save(self, name: str = RESUME) -> None:
-        save_state(self.state(), self.out / name)
+        """Write the state (rank 0 only; the running sums must be global: see
+        :meth:`_merge_running`)."""
+        if self.main:
+            save_state(self.state(), self.out / name)
         self.last_checkpoint = self.step
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -132,7 +129,11 @@ class Loop:
             prep.scheduler.load_state_dict(state["scheduler"])
             prep.loader.load_state_dict(state["loader"])
             self.rows = state["rows"]
-            self.running = {k: v.to(prep.device) for k, v in state["running"].items()}
+            # global sums: rank 0 continues them, the others start from zero
+            self.running = {
+                k: v.to(prep.device) if self.main else torch.zeros_like(v, device=prep.device)
+                for k, v in state["running"].items()
+            }
             self.running_count = state["running_count"]
             self.train_seconds = state["train_seconds"]
             self.time_to_fit = state["time_to_fit"]
@@ -150,29 +151,34 @@ class Loop:
             "start_step": self.step,
             "hostname": platform.node(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "processes": 1 if self.group is None else self.group.size,
         }
         self.attempts.append(attempt)
-        log = ProgressLog(self.config.run_id, self.prep.total_steps, attempt, self.interactive)
+        log: ProgressLog | QuietLog = QuietLog()
+        if self.main:
+            log = ProgressLog(self.config.run_id, self.prep.total_steps, attempt, self.interactive)
         started = time.perf_counter()
         try:
-            with _StopSignals() as stop:
+            with StopSignals() as stop:
                 self._train(stop, log)
         finally:
             log.close()
         return self._finish(time.perf_counter() - started)
 
-    def _train(self, stop: _StopSignals, log: ProgressLog) -> None:
+    def _train(self, stop: StopSignals, log: ProgressLog | QuietLog) -> None:
         """Steps until the end, a non-finite loss ("diverged") or a signal (saved, then
         :class:`RunInterrupted`); evaluates and checkpoints on schedule."""
         total, config = self.prep.total_steps, self.config
         interval_start, interval_steps = time.perf_counter(), 0
         while self.step < total and self.status == "running":
-            if stop.signum is not None:
+            signum = stop.signum if self.group is None else self.group.agreed_signal(stop.signum)
+            if signum is not None:
                 # how this attempt ended, kept in the checkpoint for the next one
-                self.attempts[-1]["stopped_by"] = signal.Signals(stop.signum).name
+                self.attempts[-1]["stopped_by"] = signal.Signals(signum).name
                 self.attempts[-1]["stop_step"] = self.step
+                self._merge_running()
                 self.save()
-                raise RunInterrupted(stop.signum, self.step, self.out)
+                raise RunInterrupted(signum, self.step, self.out)
             tick = time.perf_counter()
             self._train_step()
             self.train_seconds += time.perf_counter() - tick
@@ -197,8 +203,11 @@ class Loop:
             self.status = "completed"
 
     def _train_step(self) -> None:
-        prep = self.prep
-        x, _, index = prep.loader.next_batch()
+        prep, group = self.prep, self.group
+        rows = None
+        if group is not None:  # this process's shard of the global batch
+            rows = group.launch.rows(prep.loader.batch_size + _bound(prep))
+        x, _, index = prep.loader.next_batch(rows)
         labels = prep.train_labels[index]
         if prep.channels_last:
             x = x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
@@ -208,10 +217,22 @@ class Loop:
             else nullcontext()
         )
         with context:
-            out = prep.network(x)
-            losses = prep.loss(out.features, labels, logits=out.logits)
+            out = self.model(x)
+            if group is None:
+                losses = prep.loss(out.features, labels, logits=out.logits)
+            else:  # every member's features and logits; this process's share of the loss
+                features = group.gather(out.features)
+                logits = None if out.logits is None else group.gather(out.logits)
+                shard = Shard(group.rank, group.size)
+                losses = prep.loss.forward_shard(features, labels, logits=logits, shard=shard)
         prep.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        if group is None:
+            losses["loss"].backward()
+        else:
+            # DDP averages the gradients over the G processes, and each process's share
+            # of the gradient reaches its rows through the gather's summed backward: ×G
+            # makes the average the sum over shards, the single-process gradient
+            (losses["loss"] * group.size).backward()
         prep.optimizer.step()
         prep.scheduler.step()
         for name, value in losses.items():
@@ -219,81 +240,50 @@ class Loop:
             self.running[name] = self.running[name] + value if name in self.running else value
         self.running_count += 1
 
+    def _global_running(self) -> dict[str, Tensor]:
+        """The running loss sums of the whole batch: with several processes the sum of
+        every process's shares (the same on every process)."""
+        if self.group is None or not self.running:  # the same keys on every process
+            return self.running
+        names = list(self.running)
+        total = self.group.sum(torch.stack([self.running[n] for n in names]))
+        return dict(zip(names, total.unbind(), strict=True))
+
+    def _merge_running(self) -> None:
+        """Make rank 0's running sums the global ones, the others' zero (before a save:
+        the checkpoint holds global state)."""
+        if self.group is not None:
+            merged = self._global_running()
+            self.running = {k: v if self.main else torch.zeros_like(v) for k, v in merged.items()}
+
     def _finite(self) -> bool:
-        value = self.running.get("loss")
+        value = self._global_running().get("loss")
         return value is None or bool(torch.isfinite(value))
 
     def _evaluate(self) -> dict[tuple[str, str], float]:
         """Record the mean training losses since the last evaluation, the learning rate
-        and every evaluation metric at the current step."""
+        and every evaluation metric at the current step (rank 0 only; every process sums
+        the running losses, and learns the time to fit)."""
         values: dict[tuple[str, str], float] = {}
-        for name, total in self.running.items():
+        for name, total in self._global_running().items():
             key = "loss" if name == "loss" else f"loss.{name}"
             values[("train", key)] = float(total) / max(self.running_count, 1)
         values[("train", "lr")] = self.prep.scheduler.get_last_lr()[0]
         self.running, self.running_count = {}, 0
-        values.update(self._assess().evaluation.metrics)
-        append_metrics(self.rows, self.grid, self.step, self._epoch(), values)
-        if self.time_to_fit is None and values[("train", "error")] == 0.0:
-            self.time_to_fit = self.step
+        if self.main:
+            values.update(self._assess().evaluation.metrics)
+            append_metrics(self.rows, self.grid, self.step, self._epoch(), values)
+            if self.time_to_fit is None and values[("train", "error")] == 0.0:
+                self.time_to_fit = self.step
+        if self.group is not None:
+            self.time_to_fit = self.group.broadcast_json(self.time_to_fit)
         return values
 
-    def _assess(self) -> _Assessment:
-        """Embed both splits and evaluate them, once per step; the metrics registered as
-        expensive only at the final step (:mod:`protolib.geometry.panel`)."""
-        if self._assessed is not None and self._assessed.step == self.step:
-            return self._assessed
-        prep, size = self.prep, self.config.eval_batch_size
-        kw = {
-            "normalize": prep.needs.normalized,
-            "autocast": prep.autocast,
-            "channels_last": prep.channels_last,
-        }
-        train_f, train_l = embed(prep.network, prep.loader.iterate(size), **kw)
-        test_f, test_l = embed(prep.network, prep.test_loader.iterate(size), **kw)
-        evaluation = evaluate_split_pair(
-            train_features=train_f,
-            train_logits=train_l,
-            train_labels=prep.train_labels,
-            test_features=test_f,
-            test_logits=test_l,
-            test_labels=prep.test_labels,
-            num_classes=prep.data.num_classes,
-            target_gram=prep.target,
-            # a head over the encoder (a composite loss) is not in the embedding's space
-            classifier=self._classifier() if prep.network.head_input == "embedding" else None,
-            # class sizes after imbalance, before label corruption (MATH.md §3)
-            class_counts=torch.bincount(prep.original_labels, minlength=prep.data.num_classes),
-            expensive=self.step >= prep.total_steps,
-            metric_options=self.config.metric_options,
-        )
-        if prep.validation_loader is not None:
-            evaluation.metrics[("validation", "accuracy")] = self._validation_accuracy(
-                train_f, size, kw
-            )
-        self._assessed = _Assessment(self.step, train_f, test_f, evaluation)
+    def _assess(self) -> Assessment:
+        """Both splits embedded and evaluated at the current step, once per step."""
+        if self._assessed is None or self._assessed.step != self.step:
+            self._assessed = assess(self.prep, self.step)
         return self._assessed
-
-    def _validation_accuracy(self, train_f: Tensor, size: int, kw: dict[str, Any]) -> float:
-        """Accuracy on the held-out training points, by the run's own classifier (its
-        logits, else the class means of the training embeddings), for model selection."""
-        prep = self.prep
-        assert prep.validation_loader is not None and prep.validation_labels is not None
-        features, logits = embed(prep.network, prep.validation_loader.iterate(size), **kw)
-        if logits is not None:
-            predictions = logits.argmax(1)
-        else:
-            K = prep.data.num_classes
-            means = class_means(train_f, prep.train_labels, K, allow_missing=True)
-            predictions = predict(features, means.to(features.dtype))
-        return 1.0 - error_rate(predictions, prep.validation_labels)
-
-    def _classifier(self) -> Tensor | None:
-        """The classifier rows: the head's weight, else the prototypes, else None."""
-        weight = self.prep.network.classifier_weight()
-        if weight is None:
-            weight = self.prep.prototypes
-        return None if weight is None else weight.detach().float()
 
     def _epoch(self) -> float:
         return self.step / self.prep.loader.steps_per_epoch
@@ -301,7 +291,18 @@ class Loop:
     # -- outputs ---------------------------------------------------------------------
     def _finish(self, wall_seconds: float) -> dict[str, Any]:
         """Write the tables, the final checkpoint and the summary; remove ``resume.pt``.
-        A completed run adds its class-mean Gram, γ histograms and linear probe."""
+        A completed run adds its class-mean Gram, γ histograms and linear probe. With
+        several processes rank 0 does all of it and the others receive its summary."""
+        self._merge_running()
+        if self.group is not None and not self.main:
+            return self.group.broadcast_json(None)
+        summary = self._write_outputs(wall_seconds)
+        if self.group is not None:
+            self.group.broadcast_json(summary)
+        return summary
+
+    def _write_outputs(self, wall_seconds: float) -> dict[str, Any]:
+        """:meth:`_finish`'s work: evaluate, write every output, return the summary."""
         prep, config = self.prep, self.config
         gram, gammas, probe_accuracy = None, {}, None
         comparison: dict[str, Any] = {**NO_COMPARISON, "bounds": None}
@@ -330,7 +331,7 @@ class Loop:
                 }
                 append_metrics(self.rows, self.grid, self.step, self._epoch(), values)
         final = final_values(self.rows)
-        write_tables(prep, self.out, self.rows, gram, gammas, self._classifier())
+        write_tables(prep, self.out, self.rows, gram, gammas, classifier_rows(self.prep))
         self.save(CHECKPOINT)
         record = {
             "status": self.status,
@@ -348,22 +349,7 @@ class Loop:
         return summary
 
 
-class _StopSignals:
-    """Turn SIGTERM/SIGINT into a flag the loop checks between iterations."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
+def _bound(prep: Prepared) -> int:
+    """The bound points appended to every batch (batch binding, MATH.md §6)."""
+    bound = prep.loader.bound
+    return 0 if bound is None else int(bound.numel())

@@ -49,3 +49,17 @@ class ProgressLog:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class QuietLog:
+    """The progress log of a process that says nothing (every process of a run but
+    rank 0)."""
+
+    def step(self) -> None:
+        pass
+
+    def eval(self, step: int, values: dict[str, float], rate: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

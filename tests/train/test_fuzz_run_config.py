@@ -77,6 +77,7 @@ VALID: dict[str, list] = {
     "channels_last": [True, False],
     "threads": [1, None],
     "checkpoint_every": [1, 2],
+    "sync_batchnorm": [True, False],
 }
 assert sorted(VALID) == sorted(FIELDS)
 

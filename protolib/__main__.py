@@ -1,0 +1,6 @@
+"""``python -m protolib`` (and ``torchrun … -m protolib train …``): the ``protolib``
+command."""
+
+from protolib.cli import run
+
+run()
