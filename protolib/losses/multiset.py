@@ -68,9 +68,14 @@ def multiset_contrastive(
     it; the constants are row vectors (``log m_t``) plus a diagonal correction, so nothing
     else of size ``N×N`` is built besides the label-equality mask.
     """
-    if blockwise:
-        return _blockwise(members, labels, multiplicity, tau, class_average, anchors, block_rows)
-    loss, weight = _dense(members, labels, multiplicity, tau, class_average)
+    # in the members' own precision, also under autocast (a training loop's bfloat16
+    # autocast would otherwise run the dense path's similarity matmul in bfloat16)
+    with torch.autocast(members.device.type, enabled=False):
+        if blockwise:
+            return _blockwise(
+                members, labels, multiplicity, tau, class_average, anchors, block_rows
+            )
+        loss, weight = _dense(members, labels, multiplicity, tau, class_average)
     if anchors is not None:
         return loss[anchors], weight[anchors]
     return loss, weight

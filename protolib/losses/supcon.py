@@ -69,8 +69,9 @@ def _contrastive(
 
     ``own``: a process's share (MATH.md §1.10): ``(its sample member rows, whether it
     takes the prototype anchors)``; only those anchors are computed, against every member,
-    blockwise, divided by the normaliser of the whole batch. ``None``: every anchor, on
-    the path ``blockwise`` picks.
+    divided by the normaliser of the whole batch: blockwise unless ``blockwise`` is False
+    (then the dense reference computes every anchor and keeps these). ``None``: every
+    anchor, on the path ``blockwise`` picks.
     """
     n = members.shape[0]
     multiplicity = torch.ones(n, dtype=members.dtype, device=members.device)
@@ -105,7 +106,7 @@ def _contrastive(
         tau=tau,
         class_average=class_average,
         anchors=anchors,
-        blockwise=True,
+        blockwise=blockwise is not False,
     )
     _, every_weight = anchor_weights(labels, multiplicity)
     scale = normaliser(reduction, every_weight, multiplicity)
@@ -219,12 +220,12 @@ class _ContrastiveModule(TemperatureLoss):
         """This process's share (MATH.md §1.10; :meth:`Loss.forward_shard`): the loss of
         its own anchors — the member rows of its samples (sample ``i``'s ``V`` views are
         rows ``i·V … i·V + V − 1``), and on shard 0 the prototype anchors — against every
-        member, blockwise whatever ``blockwise`` says, divided by the normaliser of the
-        whole batch; components likewise as shares."""
+        member (blockwise unless ``blockwise`` is False), divided by the normaliser of
+        the whole batch; components likewise as shares."""
         views = features.shape[1] if features.ndim == 3 else 1
         rows = shard.rows(features.shape[0])
         own = (slice(rows.start * views, rows.stop * views), shard.index == 0)
-        return self._loss(features, labels, True, own)
+        return self._loss(features, labels, self.blockwise, own)
 
     def _loss(
         self,

@@ -54,10 +54,16 @@ def assert_contract(loss, features, logits, labels, count):
 @pytest.mark.parametrize("reduction", ["mean", "batch", "sum"])
 @pytest.mark.parametrize(("views", "n_w"), [(1, 0), (2, 0), (3, 0), (1, 1000), (2, 3), (3, 1)])
 @pytest.mark.parametrize("name", ["supcon", "bcl"])
-def test_contrastive_shards_add_up_to_forward(name, views, n_w, reduction, count):
+@pytest.mark.parametrize("blockwise", ["auto", False])  # False: the dense path, own rows kept
+def test_contrastive_shards_add_up_to_forward(name, views, n_w, reduction, count, blockwise):
     features, logits, labels = inputs(views, seed=views + n_w)
     loss = LOSSES.create(
-        name, tau=0.05, n_w=n_w, prototypes=PROTOTYPES if n_w else None, reduction=reduction
+        name,
+        tau=0.05,
+        n_w=n_w,
+        prototypes=PROTOTYPES if n_w else None,
+        reduction=reduction,
+        blockwise=blockwise,
     )
     whole, shares = assert_contract(loss, features, logits, labels, count)
     if n_w:  # the prototype anchors are shard 0's
