@@ -46,3 +46,24 @@ def tiny_grid(
     if grid:
         spec["grid"] = copy.deepcopy(grid)
     return {**copy.deepcopy(config), "experiments": {experiment: spec}}
+
+
+# -- tests that need a CUDA device ---------------------------------------------------------
+# Mark them ``@pytest.mark.cuda`` (or ``pytestmark = pytest.mark.cuda``; a parameter:
+# ``pytest.param("cuda", marks=pytest.mark.cuda)``), written literally so: that is how
+# benchmarks/gpu_check.py finds their modules, and it runs them with ``-m cuda``. Without
+# CUDA they are skipped; with PROTOLIB_REQUIRE_CUDA=1 (the GPU check) that is a failure,
+# so a check on a GPU can never pass by skipping.
+
+
+def pytest_runtest_setup(item):
+    """Skip (or, with PROTOLIB_REQUIRE_CUDA=1, fail) a ``cuda``-marked test without CUDA."""
+    if item.get_closest_marker("cuda") is None:
+        return
+    import pytest
+    import torch
+
+    if not torch.cuda.is_available():
+        if os.environ.get("PROTOLIB_REQUIRE_CUDA") == "1":
+            pytest.fail("PROTOLIB_REQUIRE_CUDA=1 but torch finds no CUDA device")
+        pytest.skip("no CUDA")

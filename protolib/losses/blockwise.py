@@ -57,10 +57,20 @@ def block_rows_for(n_members: int, n_anchors: int, device: torch.device) -> int:
 
 
 def class_totals(labels: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-    """``(classes, totals)``: each member's class index (``0 … C−1`` over the labels that
-    occur) and the per-class sums of ``values`` (``(N,)`` or ``(N, d)``), in ``O(N·d)``."""
-    present, classes = torch.unique(labels, return_inverse=True)
-    totals = values.new_zeros((present.shape[0], *values.shape[1:]))
+    """``(classes, totals)``: each member's class index (``0 … C−1`` over the ``C`` labels
+    that occur, in label order) and the per-class sums of ``values`` (``(N,)`` or
+    ``(N, d)``; ``totals`` has ``N`` rows, those from ``C`` on zero), in ``O(N·d)``.
+
+    Every shape here is fixed by ``N`` (a sort and a running count, not ``torch.unique``,
+    whose output size depends on the labels): on CUDA nothing waits for the device.
+    """
+    order = torch.argsort(labels)
+    ordered = labels[order]
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    classes = torch.empty_like(labels)
+    classes[order] = torch.cumsum(starts, 0) - 1
+    totals = values.new_zeros(values.shape)
     return classes, totals.index_add_(0, classes, values)
 
 

@@ -132,6 +132,9 @@ RUNS_FIGURES = _columns(
     ("bound_gap", "float64"),
     ("wall_seconds", "float64"),
     ("train_seconds", "float64"),
+    # the training steps' seconds on the device's clock (CUDA events, evaluations left
+    # out); null on the CPU, and for a run not every step of which was timed so
+    ("train_seconds_device", "float64"),
     ("images_per_second", "float64"),
     ("device", "string"),
     ("git_revision", "string"),

@@ -3,7 +3,9 @@
 Data (balancing, STEP or exponential imbalance, corruption), network
 (:func:`~protolib.models.build_network`), prototypes, loss, optimiser, learning-rate
 schedule and loaders are all built here, and every input a component refuses becomes a
-:class:`ConfigError` naming its key, before anything is written.
+:class:`ConfigError` naming its key, before anything is written. The speed options are
+resolved here too: whether the network is compiled (:mod:`protolib.train.compilation`)
+and which SGD kernels update it (:func:`~protolib.train.sgd.sgd_kernels`).
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ from protolib.data import (
     split_validation,
     training_labels,
 )
+from protolib.data.loader import to_device
 from protolib.geometry import GeometryError, make_prototypes, target_gram
 from protolib.io import one_line
 from protolib.losses import Loss, LossNeeds
 from protolib.models import Network, build_network
 from protolib.registry import LOSSES, RegistryError
+from protolib.train.compilation import resolve_compile
 from protolib.train.config import ConfigError, RunConfig
 from protolib.train.distributed import Launch, check_batch_split
 from protolib.train.schedule import lr_multiplier
-from protolib.train.sgd import SGD
+from protolib.train.sgd import SGD, SGD_FLAGS, sgd_kernels
 
 
 @dataclass
@@ -63,6 +67,8 @@ class Prepared:
     # the points held out of training for model selection (validation_fraction > 0)
     validation_loader: DeviceLoader | None = None
     validation_labels: Tensor | None = None  # on the device
+    compile: bool = False  # the training loop compiles the network (compile, resolved)
+    sgd_impl: str = "loop"  # the optimiser's kernels (sgd_impl, resolved: SGD_FLAGS)
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
@@ -94,6 +100,8 @@ def prepare(config: RunConfig, launch: Launch | None = None) -> Prepared:
     if launch is not None:
         check_batch_split(config.batch_size, launch.size)
     device = resolve_device(config.device, None if launch is None else launch.local_rank)
+    compile_network = resolve_compile(config.compile, device)
+    sgd_impl = sgd_kernels(config.sgd_impl, device)
     if config.threads:
         torch.set_num_threads(config.threads)
     with options_errors("dataset_options"):
@@ -133,13 +141,13 @@ def prepare(config: RunConfig, launch: Launch | None = None) -> Prepared:
         total = config.iterations
     else:
         total = config.epochs * loader.steps_per_epoch
-    optimizer, scheduler = _optimiser(config, network, total, loader.steps_per_epoch)
+    optimizer, scheduler = _optimiser(config, network, total, loader.steps_per_epoch, sgd_impl)
     return Prepared(
         config=config,
         device=device,
         data=data,
         kept=kept,
-        train_labels=labels.to(device),
+        train_labels=to_device(labels, device),
         original_labels=original,
         changed=changed,
         needs=needs,
@@ -152,11 +160,13 @@ def prepare(config: RunConfig, launch: Launch | None = None) -> Prepared:
         total_steps=total,
         channels_last=channels_last,
         optimizer=optimizer,
-        test_labels=data.test.labels.to(device),
+        test_labels=to_device(data.test.labels, device),
         scheduler=scheduler,
         test_loader=test_loader,
         validation_loader=_validation_loader(data, validation, device),
-        validation_labels=validation[1].to(device) if validation else None,
+        validation_labels=to_device(validation[1], device) if validation else None,
+        compile=compile_network,
+        sgd_impl=sgd_impl,
     )
 
 
@@ -314,16 +324,18 @@ def _prototypes(config: RunConfig, num_classes: int, dim: int) -> Tensor:
 
 
 def _optimiser(
-    config: RunConfig, network: Network, total: int, steps_per_epoch: int
+    config: RunConfig, network: Network, total: int, steps_per_epoch: int, kernels: str
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD with momentum and weight decay, and its per-iteration schedule (milestones
-    and warm-up in epochs are converted to iterations)."""
+    """SGD with momentum and weight decay on ``kernels`` (a key of ``SGD_FLAGS``), and
+    its per-iteration schedule (milestones and warm-up in epochs are converted to
+    iterations)."""
     # torch.optim.SGD bit for bit, without its ~1 s import of torch._dynamo (sgd.py)
     optimizer = SGD(
         network.parameters(),
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
+        **SGD_FLAGS[kernels],
     )
     milestones, warmup = list(config.milestones), config.warmup
     if config.epochs is not None:

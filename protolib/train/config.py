@@ -31,6 +31,16 @@ from protolib.train.config_json import (
 
 SCHEDULES = ("constant", "step", "cosine", "poly")
 DEVICES = ("auto", "cpu", "cuda")
+#: ``compile``: ``model`` wraps the network in ``torch.compile``, ``eager`` does not,
+#: ``auto`` is ``model`` on CUDA (when Triton and a C compiler are there) and ``eager`` on
+#: the CPU
+COMPILE_MODES = ("auto", "model", "eager")
+#: ``sgd_impl``: torch's SGD kernels: one tensor at a time (``loop``), grouped
+#: (``foreach``) or one fused kernel (``fused``); ``auto`` is ``fused`` on CUDA and
+#: ``foreach`` on the CPU (bit for bit ``loop`` there)
+SGD_IMPLS = ("auto", "loop", "foreach", "fused")
+#: string keys whose type error lists their allowed values
+_CHOICE_KEYS = {"compile": COMPILE_MODES, "sgd_impl": SGD_IMPLS}
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
 MAX_STEPS = 10**9  # iterations, eval_every, checkpoint_every, probe_iterations, milestones
@@ -117,6 +127,8 @@ class RunConfig:
     channels_last: bool = True
     threads: int | None = None
     checkpoint_every: int = 500
+    compile: str = "auto"  # COMPILE_MODES (README, "Speed on a GPU")
+    sgd_impl: str = "auto"  # SGD_IMPLS
     # several processes (torchrun): batch norm over the global batch; no effect in one
     sync_batchnorm: bool = True
 
@@ -210,6 +222,8 @@ class RunConfig:
         _check_choice("sampling", self.sampling, SAMPLINGS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("compile", self.compile, COMPILE_MODES)
+        _check_choice("sgd_impl", self.sgd_impl, SGD_IMPLS)
         _check_choice("corruption_mode", self.corruption_mode, CORRUPTION_MODES)
         _check_choice("imbalance", self.imbalance, IMBALANCE_KINDS)
         if not self.imbalance_ratio >= 1:
@@ -320,6 +334,8 @@ def _check_type(config: RunConfig) -> None:
             }[allowed[-1]]
             if "None" in hint:
                 expected += " or null"
+            if f.name in _CHOICE_KEYS:
+                expected = f"one of {', '.join(_CHOICE_KEYS[f.name])}"
             raise ConfigError(f"{f.name} must be {expected}, got {value!r}")
 
 
@@ -339,8 +355,10 @@ def _losses_with_n_w() -> list[str]:
 
 
 __all__ = [
+    "COMPILE_MODES",
     "INT_RANGES",
     "MAX_SEED",
+    "SGD_IMPLS",
     "ConfigError",
     "RunConfig",
     "check_finite",

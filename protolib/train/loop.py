@@ -11,6 +11,13 @@ gathers every member's features and logits with gradient and computes its share 
 loss (``Loss.forward_shard``); the running loss sums stay per process and are summed over
 the processes when a decision needs them. Rank 0 alone evaluates and writes; the others
 wait for it. A signal on any process stops every process at the same step.
+
+Between evaluations nothing is read back from the device (:mod:`protolib.train.watch`):
+the running loss sums stay there, the divergence check reaches the host asynchronously
+(on CUDA a non-finite loss is noticed up to ``DIVERGENCE_CHECK_EVERY`` steps late, never
+after the next evaluation; on the CPU at the check that sees it), and the device's time
+for the steps is taken with CUDA events. With ``compile`` the network trains compiled
+(:mod:`protolib.train.compilation`); evaluation runs it eagerly.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from protolib.train.checkpoint import (
     does_not_fit,
     save_state,
 )
+from protolib.train.compilation import compiled
 from protolib.train.distributed import ProcessGroup
 from protolib.train.outputs import (
     append_metrics,
@@ -50,6 +58,7 @@ from protolib.train.outputs import (
 from protolib.train.probe import linear_probe
 from protolib.train.progress import ProgressLog, QuietLog
 from protolib.train.signals import RunInterrupted, StopSignals
+from protolib.train.watch import DeviceTimer, FiniteWatch
 
 DIVERGENCE_CHECK_EVERY = 50  # iterations between checks of the running loss
 HEADLINE = {  # what an evaluation's log line shows
@@ -71,8 +80,10 @@ class Loop:
         self.prep = prep
         self.group = group
         self.main = group is None or group.main  # evaluates and writes
-        # what trains: the network itself, or its DDP wrapper (the state stays the network's)
-        self.model = prep.network if group is None else group.wrap(prep.network)
+        # what trains: the network itself, or its DDP wrapper (the state stays the
+        # network's), compiled when the run asks for it
+        model = prep.network if group is None else group.wrap(prep.network)
+        self.model = compiled(model) if prep.compile else model
         self.config = prep.config
         self.out = out
         self.interactive = sys.stderr.isatty() if progress is None else progress
@@ -80,6 +91,8 @@ class Loop:
         self.rows = empty_metric_rows()
         self.step = 0
         self.train_seconds = 0.0
+        self.timer = DeviceTimer(prep.device)  # the steps' seconds on CUDA (None on the CPU)
+        self.watch = FiniteWatch(prep.device)
         self.running: dict[str, Tensor] = {}
         self.running_count = 0
         self.last_checkpoint = 0
@@ -107,6 +120,7 @@ class Loop:
             "running": {k: v.detach().cpu() for k, v in self.running.items()},
             "running_count": self.running_count,
             "train_seconds": self.train_seconds,
+            "train_seconds_device": self.timer.seconds,
             "time_to_fit": self.time_to_fit,
             "attempts": self.attempts,
         }
@@ -136,6 +150,7 @@ class Loop:
             }
             self.running_count = state["running_count"]
             self.train_seconds = state["train_seconds"]
+            self.timer.resume(state.get("train_seconds_device"), int(state["step"]))
             self.time_to_fit = state["time_to_fit"]
             self.step = self.last_checkpoint = int(state["step"])
             # "running", or how a run whose outputs were cut ended
@@ -152,6 +167,9 @@ class Loop:
             "hostname": platform.node(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "processes": 1 if self.group is None else self.group.size,
+            # the speed options as resolved on this process's device
+            "compile": "model" if self.prep.compile else "eager",
+            "sgd_impl": self.prep.sgd_impl,
         }
         self.attempts.append(attempt)
         log: ProgressLog | QuietLog = QuietLog()
@@ -176,19 +194,14 @@ class Loop:
                 # how this attempt ended, kept in the checkpoint for the next one
                 self.attempts[-1]["stopped_by"] = signal.Signals(signum).name
                 self.attempts[-1]["stop_step"] = self.step
+                self.timer.end()
                 self._merge_running()
                 self.save()
                 raise RunInterrupted(signum, self.step, self.out)
-            tick = time.perf_counter()
-            self._train_step()
-            self.train_seconds += time.perf_counter() - tick
-            self.step += 1
+            evaluating = self._advance()
             interval_steps += 1
             log.step()
-            evaluating = self.step % config.eval_every == 0 or self.step == total
-            checking = evaluating or self.step % DIVERGENCE_CHECK_EVERY == 0
-            if checking and not self._finite():
-                self.status = "diverged"
+            if self.status == "diverged":
                 break
             if evaluating:
                 values = self._evaluate()
@@ -199,8 +212,32 @@ class Loop:
                 due = self.step - self.last_checkpoint >= config.checkpoint_every
                 if due and self.step < total:
                     self.save()
+        self.timer.end()
         if self.status == "running":
             self.status = "completed"
+
+    def _advance(self) -> bool:
+        """One training step and the divergence check after it, without waiting for the
+        device unless the step is due for evaluation (returned): then the step timing is
+        closed and the check made at once. A non-finite running loss sets the status
+        "diverged" (see :class:`~protolib.train.watch.FiniteWatch` for when)."""
+        self.timer.begin()
+        tick = time.perf_counter()
+        self._train_step()
+        self.train_seconds += time.perf_counter() - tick
+        self.step += 1
+        total = self.prep.total_steps
+        evaluating = self.step % self.config.eval_every == 0 or self.step == total
+        if evaluating:
+            self.timer.end()
+            finite = self.watch.now(self._global_running().get("loss"))
+        elif self.step % DIVERGENCE_CHECK_EVERY == 0:
+            finite = self.watch.post(self._global_running().get("loss"))
+        else:
+            finite = True
+        if not finite:
+            self.status = "diverged"
+        return evaluating
 
     def _train_step(self) -> None:
         prep, group = self.prep, self.group
@@ -256,18 +293,17 @@ class Loop:
             merged = self._global_running()
             self.running = {k: v if self.main else torch.zeros_like(v) for k, v in merged.items()}
 
-    def _finite(self) -> bool:
-        value = self._global_running().get("loss")
-        return value is None or bool(torch.isfinite(value))
-
     def _evaluate(self) -> dict[tuple[str, str], float]:
         """Record the mean training losses since the last evaluation, the learning rate
         and every evaluation metric at the current step (rank 0 only; every process sums
         the running losses, and learns the time to fit)."""
         values: dict[tuple[str, str], float] = {}
-        for name, total in self._global_running().items():
+        running = self._global_running()
+        # one read-back for every sum; float32 values, divided as Python floats
+        totals = torch.stack(list(running.values())).tolist() if running else []
+        for name, total in zip(running, totals, strict=True):
             key = "loss" if name == "loss" else f"loss.{name}"
-            values[("train", key)] = float(total) / max(self.running_count, 1)
+            values[("train", key)] = total / max(self.running_count, 1)
         values[("train", "lr")] = self.prep.scheduler.get_last_lr()[0]
         self.running, self.running_count = {}, 0
         if self.main:
@@ -341,6 +377,7 @@ class Loop:
             "probe_accuracy": probe_accuracy,
             "wall_seconds": wall_seconds,
             "train_seconds": self.train_seconds,
+            "train_seconds_device": self.timer.seconds,
             "attempts": self.attempts,
             "comparison": comparison,
         }

@@ -110,8 +110,9 @@ def write_tables(
 class RunFacts:
     """What a finished run's summary is made of: the prepared run, what the loop recorded
     (status, iterations, time_to_fit, final, probe_accuracy, wall_seconds, train_seconds,
-    attempts, comparison: :func:`protolib.train.bounds.compare_to_bound`) and the run
-    directory (whose other outputs are written)."""
+    train_seconds_device, attempts, comparison:
+    :func:`protolib.train.bounds.compare_to_bound`) and the run directory (whose other
+    outputs are written)."""
 
     prep: Prepared
     record: Mapping[str, Any]
@@ -173,6 +174,7 @@ FIGURES: dict[str, Source] = {
     "bound_gap": lambda f: f.record["comparison"]["bound_gap"],
     "wall_seconds": lambda f: f.record["wall_seconds"],
     "train_seconds": lambda f: f.record["train_seconds"],
+    "train_seconds_device": lambda f: f.record["train_seconds_device"],
     "images_per_second": _images_per_second,
     "device": lambda f: _device_name(f.prep.device),
     "git_revision": lambda f: _git_revision(),

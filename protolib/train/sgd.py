@@ -9,6 +9,14 @@ they wrap, with gradients off for ``step``. This class calls those functions dir
 its updates, state and state dicts are ``torch.optim.SGD``'s, bit for bit
 (``tests/train/test_sgd.py``); the optimiser is never called inside a compiled region
 here (``torch.compile`` wraps the model, not the step).
+
+torch's three SGD kernels are chosen by its own ``foreach`` and ``fused`` arguments, passed
+through unchanged; none of them imports ``torch._dynamo``. A run's ``sgd_impl`` names
+one (:func:`sgd_kernels`, :data:`SGD_FLAGS`): ``loop`` updates one tensor at a time (torch's
+choice for CPU parameters), ``foreach`` a list of tensors per operation (torch's choice on
+CUDA; on the CPU the same arithmetic as ``loop``, bit for bit), ``fused`` all of it in one
+kernel per device and dtype (the same update to float32 round-off, its operations
+ordered and rounded differently).
 """
 
 from __future__ import annotations
@@ -18,6 +26,34 @@ from typing import Any
 
 import torch
 from torch.optim import Optimizer
+
+from protolib.train.config_json import ConfigError
+
+#: ``sgd_impl`` (past ``auto``) → the arguments that select its kernels
+SGD_FLAGS: dict[str, dict[str, bool]] = {
+    "loop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
+
+
+def sgd_kernels(impl: str, device: torch.device) -> str:
+    """The kernels (a key of :data:`SGD_FLAGS`) that ``sgd_impl`` ``impl`` names on
+    ``device``: ``auto`` is ``fused`` on CUDA and ``foreach`` elsewhere.
+    :class:`ConfigError` when this torch has no fused SGD for the device."""
+    if impl == "auto":
+        impl = "fused" if device.type == "cuda" else "foreach"
+    if impl == "fused":
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        supported = _get_fused_kernels_supported_devices()
+        if device.type not in supported:
+            raise ConfigError(
+                f"sgd_impl 'fused' needs parameters on a device with torch's fused SGD "
+                f"({', '.join(supported)}), but this run's are on {device.type}; allowed: "
+                "auto, loop, foreach"
+            )
+    return impl
 
 
 def _unwrapped(function: Any) -> Any:

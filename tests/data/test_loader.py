@@ -12,7 +12,7 @@ from protolib.data import Augment, DeviceLoader, augment_batch, load_dataset
 
 DEVICES = [
     "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
+    pytest.param("cuda", marks=pytest.mark.cuda),
 ]
 
 

@@ -77,6 +77,8 @@ VALID: dict[str, list] = {
     "channels_last": [True, False],
     "threads": [1, None],
     "checkpoint_every": [1, 2],
+    "compile": ["auto", "eager"],  # "model" compiles: seconds per example
+    "sgd_impl": ["auto", "loop", "foreach", "fused"],
     "sync_batchnorm": [True, False],
 }
 assert sorted(VALID) == sorted(FIELDS)

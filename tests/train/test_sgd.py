@@ -1,4 +1,5 @@
-"""protolib's SGD is torch.optim.SGD bit for bit, without importing torch._dynamo."""
+"""protolib's SGD is torch.optim.SGD bit for bit, without importing torch._dynamo, on each
+of torch's kernels (sgd_impl: loop, foreach, fused)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import textwrap
 import pytest
 import torch
 
-from protolib.train.sgd import SGD
+from protolib.train.config import ConfigError
+from protolib.train.sgd import SGD, SGD_FLAGS, sgd_kernels
 
 OPTIONS = [
     {"momentum": 0.9, "weight_decay": 1e-4},
@@ -17,6 +19,9 @@ OPTIONS = [
     {"momentum": 0.0, "weight_decay": 0.0},
     {"momentum": 0.9, "weight_decay": 1e-4, "foreach": False},
     {"momentum": 0.9, "weight_decay": 1e-4, "dampening": 0.1},
+    {"momentum": 0.9, "weight_decay": 1e-4, "foreach": True},
+    {"momentum": 0.9, "weight_decay": 1e-4, "fused": True},
+    {"momentum": 0.9, "weight_decay": 5e-4, "nesterov": True, "fused": True},
 ]
 
 
@@ -68,6 +73,27 @@ def test_updates_and_state_equal_torch_sgd_bit_for_bit(options):
     assert _equal(_train(torch.optim.SGD, options, 3, state=_train(SGD, options, 3)), ours)
 
 
+@pytest.mark.parametrize("options", [o for o in OPTIONS if not {"foreach", "fused"} & set(o)])
+def test_loop_and_foreach_bit_identical_on_the_cpu_and_fused_to_round_off(options):
+    """What sgd_impl 'auto' relies on: foreach on the CPU updates exactly as the loop
+    (torch's default there); fused rounds once per update, the same to float32 round-off."""
+    runs = {kernels: _train(SGD, {**options, **flags}, 6) for kernels, flags in SGD_FLAGS.items()}
+    loop = runs["loop"]
+    assert _equal(runs["foreach"]["model"], loop["model"])
+    assert _equal(runs["foreach"]["optimizer"]["state"], loop["optimizer"]["state"])
+    for name, value in loop["model"].items():
+        torch.testing.assert_close(runs["fused"]["model"][name], value, rtol=1e-6, atol=1e-7)
+    assert runs["fused"]["optimizer"]["param_groups"][0]["fused"] is True
+
+
+def test_sgd_impl_resolves_per_device_and_refuses_a_device_without_fused_kernels():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # naming CUDA touches no GPU
+    assert (sgd_kernels("auto", cpu), sgd_kernels("auto", cuda)) == ("foreach", "fused")
+    assert [sgd_kernels(k, cpu) for k in SGD_FLAGS] == list(SGD_FLAGS)
+    with pytest.raises(ConfigError, match=r"^sgd_impl 'fused' needs .* on meta; allowed: auto"):
+        sgd_kernels("fused", torch.device("meta"))
+
+
 def test_differs_when_the_update_differs():
     """The comparison can fail: another momentum gives other parameters."""
     assert not _equal(_train(SGD, {"momentum": 0.8}, 3), _train(torch.optim.SGD, {}, 3))
@@ -79,11 +105,12 @@ def test_no_dynamo_import_while_torch_sgd_imports_it():
         import sys, torch
         from protolib.train.sgd import SGD
         p = torch.nn.Parameter(torch.ones(3))
-        opt = SGD([p], lr=0.1, momentum=0.9, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
-        for _ in range(2):
-            opt.zero_grad(); (p ** 2).sum().backward(); opt.step(); sched.step()
-        opt.load_state_dict(opt.state_dict()); sched.load_state_dict(sched.state_dict())
+        for flags in ({"foreach": False}, {"foreach": True}, {"fused": True}):
+            opt = SGD([p], lr=0.1, momentum=0.9, weight_decay=1e-4, **flags)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+            for _ in range(2):
+                opt.zero_grad(); (p ** 2).sum().backward(); opt.step(); sched.step()
+            opt.load_state_dict(opt.state_dict()); sched.load_state_dict(sched.state_dict())
         print("ours", "torch._dynamo" in sys.modules)
         torch.optim.SGD([p], lr=0.1).step()
         print("torch", "torch._dynamo" in sys.modules)
