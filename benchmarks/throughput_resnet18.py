@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
@@ -62,6 +64,65 @@ class Timer:
             self.seconds = time.perf_counter() - self.start
 
 
+def pipelines_of(
+    image_size: int, train_size: int, batch_size: int, device: torch.device, workers: int
+) -> tuple[Iterator[tuple[Tensor, Tensor]], Iterator[tuple[Tensor, Tensor]]]:
+    """Endless ``(x, y)`` batches on ``device`` from synthetic CIFAR-shaped uint8 images
+    (stored as CIFAR is), crop (padding 4) and flip: protolib's DeviceLoader (batched on
+    the device), and a torchvision DataLoader with per-sample transforms in ``workers``
+    processes (the baseline)."""
+    data = load_dataset(
+        "synthetic",
+        num_classes=10,
+        channels=3,
+        image_size=image_size,
+        train_size=train_size,
+        test_size=10,
+    )
+    uint8 = (data.train.images * 255).round().to(torch.uint8)
+    labels = data.train.labels
+    ours = DeviceLoader(
+        uint8,
+        labels,
+        batch_size=batch_size,
+        mean=data.mean,
+        std=data.std,
+        device=device,
+        sampling="epoch",
+        augment=Augment(4, True),
+        seed=0,
+    )
+    transform = T.Compose(
+        [
+            T.RandomCrop(image_size, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(data.mean, data.std),
+        ]
+    )
+    baseline = DataLoader(
+        PerSampleDataset(uint8.permute(0, 2, 3, 1).numpy(), labels.numpy(), transform),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+
+    def ours_batches() -> Iterator[tuple[Tensor, Tensor]]:
+        while True:
+            x, y, _ = ours.next_batch()
+            yield x, y
+
+    def baseline_batches() -> Iterator[tuple[Tensor, Tensor]]:
+        while True:
+            for x, y in baseline:
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    return ours_batches(), baseline_batches()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -73,62 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
-    data = load_dataset(
-        "synthetic",
-        num_classes=10,
-        channels=3,
-        image_size=32,
-        train_size=args.train_size,
-        test_size=10,
-    )
-    uint8 = (data.train.images * 255).round().to(torch.uint8)  # stored as CIFAR is
-    labels = data.train.labels
-
-    ours = DeviceLoader(
-        uint8,
-        labels,
-        batch_size=args.batch_size,
-        mean=data.mean,
-        std=data.std,
-        device=device,
-        sampling="epoch",
-        augment=Augment(4, True),
-        seed=0,
-    )
-
-    transform = T.Compose(
-        [
-            T.RandomCrop(32, padding=4),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(data.mean, data.std),
-        ]
-    )
-    baseline_set = PerSampleDataset(uint8.permute(0, 2, 3, 1).numpy(), labels.numpy(), transform)
-    baseline = DataLoader(
-        baseline_set,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=args.workers,
-        persistent_workers=args.workers > 0,
-        pin_memory=on_cuda,
-    )
-
-    def ours_batches():
-        while True:
-            x, y, _ = ours.next_batch()
-            yield x, y
-
-    def baseline_batches():
-        while True:
-            for x, y in baseline:
-                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-    pipelines = {
-        "protolib DeviceLoader": ours_batches(),
-        "DataLoader per-sample": baseline_batches(),
-    }
+    ours, baseline = pipelines_of(32, args.train_size, args.batch_size, device, args.workers)
+    pipelines = {"protolib DeviceLoader": ours, "DataLoader per-sample": baseline}
     torch.manual_seed(0)
     network = Network(
         build_backbone("resnet18_cifar", in_shape=(3, 32, 32)), num_classes=10, head="linear"

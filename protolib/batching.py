@@ -101,7 +101,8 @@ def stale_reason(run_dir: str, config: Mapping[str, Any]) -> str | None:
 
     It cannot when its files do not match its manifest
     (:func:`protolib.results.manifest.run_damage`) or when its ``config.json`` is another
-    config than ``config`` (the experiment was edited; one file read per finished run).
+    config than ``config`` (the experiment was edited; one file read per finished run); a
+    key the ``config.json`` lacks (added to the run config since) counts at its default.
     An unfinished run (no ``summary.json``) is not stale: its batch trains or resumes it.
     """
     why = run_damage(run_dir)
@@ -113,6 +114,12 @@ def stale_reason(run_dir: str, config: Mapping[str, Any]) -> str | None:
             trained = json.loads(handle.read())
     except (OSError, ValueError) as error:
         return f"{path} cannot be read ({error})"
+    if not isinstance(trained, dict):
+        return f"{path} does not hold a run config (a JSON object)"
+    # a run key added since the run trained counts at its default, which reproduces the
+    # old behaviour (protolib.train.checkpoint.with_defaults, the rule of every new key;
+    # written out here, so that planning never imports torch)
+    trained = json.loads(json.dumps({**RunConfig().to_dict(), **trained}))
     # the planned runs were validated when planned: only their full form is needed here
     planned = json.loads(json.dumps(RunConfig.unchecked(dict(config)).to_dict()))
     if trained != planned:

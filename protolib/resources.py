@@ -10,7 +10,12 @@ costs, go to the general partition and never share a job with GPU runs.
 
 Site values that differ between GPU and CPU runs are read here, from the same
 ``PROTOLIB_SLURM_*`` environment variables as the profile (README, "Running on SLURM"):
-``GPU_MODEL``, ``GPU_PARTITION``, ``PARTITION`` and ``TRAIN_RUNTIME``.
+``GPU_MODEL``, ``GPU_PARTITION``, ``PARTITION`` and ``TRAIN_RUNTIME``; and
+``PROCESSES_PER_RUN`` (:func:`processes_per_run`, default 1): each run of a train job
+trains on that many processes (MATH.md §1.10), one GPU each for GPU runs, started by
+``srun`` inside the SLURM job (``torchrun --standalone`` on a machine without SLURM).
+Runs whose batches those processes cannot share equally are refused when the workflow
+is planned (:func:`check_processes`), not after the job has waited in the queue.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from protolib.registry import DATASETS, MODELS, Registry
-from protolib.train.config import RunConfig
+from protolib.train.config import ConfigError, RunConfig
 
 # Costs and sizes are facts of the registry entries (Registry.register): a model declares
 # ``gpu_seconds_per_sample`` and ``cpu_seconds_per_sample`` (training, one view, forward
@@ -36,6 +41,8 @@ OTHER_DATASET_SIZE = 60000
 START_UP_SECONDS = 120  # interpreter, imports, data loading, the final probe
 SAFETY = 2.0
 ENV_PREFIX = "PROTOLIB_SLURM_"
+#: the most processes one run may train on
+MAX_PROCESSES = 4096
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
@@ -126,3 +133,71 @@ def partition(run: Mapping[str, Any]) -> str:
     if gpus(run):
         return _env("GPU_PARTITION") or _env("PARTITION")
     return _env("PARTITION")
+
+
+def processes_per_run() -> int:
+    """PROTOLIB_SLURM_PROCESSES_PER_RUN: how many processes train each run (default 1);
+    :class:`ConfigError` naming the variable for anything but an integer in
+    1..:data:`MAX_PROCESSES`."""
+    raw = _env("PROCESSES_PER_RUN").strip()
+    if not raw:
+        return 1
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_PROCESSES:
+        raise ConfigError(
+            f"{ENV_PREFIX}PROCESSES_PER_RUN must be an integer in 1..{MAX_PROCESSES} "
+            f"(processes per run), got {raw!r}"
+        )
+    return value
+
+
+def job_tasks(run: Mapping[str, Any], processes: int) -> dict[str, Any]:
+    """The GPUs and tasks a train job of ``run``'s kind asks for, with ``processes`` per
+    run (a value of None: not asked): ``gpu``, one per process for a GPU run; with several
+    processes also ``tasks`` (one per process), ``tasks_per_gpu`` (1, for a GPU run) and
+    ``mpi`` (``srun``): with it, the SLURM executor plugin runs the job's command as it is
+    in the allocation (not under ``srun -n1``), and the command starts the tasks."""
+    several = processes > 1
+    return {
+        "gpu": gpus(run) * processes,
+        "tasks": processes if several else None,
+        "tasks_per_gpu": 1 if several and gpus(run) else None,
+        "mpi": "srun" if several else None,
+    }
+
+
+def check_batch_split(batch_size: int, size: int) -> None:
+    """Refuse a ``batch_size`` that ``size`` processes cannot share equally."""
+    if batch_size % size:
+        raise ConfigError(
+            f"batch_size {batch_size} does not split into {size} equal shards, one per "
+            f"process; allowed: a multiple of {size} (or another number of processes)"
+        )
+
+
+def check_processes(runs: Mapping[str, Mapping[str, Any]], processes: int) -> None:
+    """Refuse, naming the run and :func:`processes_per_run`'s variable, a run
+    (``{run_id: run config}``) whose batch ``processes`` processes cannot share equally:
+    its ``batch_size``, and the points ``binding`` adds to every batch (per class of its
+    dataset, when the dataset declares ``num_classes``)."""
+    if processes == 1:
+        return
+    where = f"{ENV_PREFIX}PROCESSES_PER_RUN is {processes}"
+    for run_id, run in runs.items():
+        try:
+            check_batch_split(int(_get(run, "batch_size")), processes)
+        except ConfigError as error:
+            raise ConfigError(f"{where}; run {run_id}: {error}") from None
+        binding = int(_get(run, "binding"))
+        options = _get(run, "dataset_options") or {}
+        classes = _fact(DATASETS, _get(run, "dataset"), "num_classes", None, options=options)
+        if binding and classes and binding * classes % processes:
+            raise ConfigError(
+                f"{where}; run {run_id}: binding {binding} adds {binding * classes} bound "
+                f"points to every batch, which do not split into {processes} equal shards; "
+                f"allowed: a binding whose {classes} classes' points are a multiple of "
+                f"{processes} (or another number of processes)"
+            )

@@ -153,6 +153,27 @@ def test_stale_reason_names_a_damaged_or_reconfigured_run_only(tmp_path):
     assert "gamma.parquet is 3 bytes" in stale_reason(str(folder), config)
 
 
+def test_a_run_trained_before_a_key_was_added_is_not_stale(tmp_path):
+    """A finished run's config.json that lacks keys added to the run config since counts
+    them at their defaults (which reproduce the old behaviour): no retraining after an
+    upgrade; a planned value other than the default is a changed config."""
+    from protolib.results.manifest import build_manifest
+
+    config = grid([50])["r0"]
+    folder = finished_run(tmp_path, config)
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["sync_batchnorm"] is True and saved["validation_fraction"] == 0.0
+    del saved["sync_batchnorm"], saved["validation_fraction"]
+    (folder / "config.json").write_text(json.dumps(saved))
+    (folder / "summary.json").write_text(json.dumps({"manifest": build_manifest(folder)}))
+    assert stale_reason(str(folder), config) is None
+    changed = stale_reason(str(folder), {**config, "validation_fraction": 0.1})
+    assert changed.endswith("(validation_fraction differ)"), changed
+    (folder / "config.json").write_text("[1, 2]")
+    (folder / "summary.json").write_text(json.dumps({"manifest": build_manifest(folder)}))
+    assert "does not hold a run config" in stale_reason(str(folder), config)
+
+
 def test_the_config_schema_documents_the_default_batch_seconds():
     import yaml
 

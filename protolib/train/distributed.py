@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from protolib.resources import check_batch_split as check_batch_split  # the one rule
 from protolib.train.config import ConfigError
 
 #: how long a process waits in a collective (rank 0 evaluates while the others wait)
@@ -198,15 +199,6 @@ def _int_variable(
             f"environment variable {name} must be an integer >= {smallest}, got {raw!r}"
         )
     return value
-
-
-def check_batch_split(batch_size: int, size: int) -> None:
-    """Refuse a ``batch_size`` that ``size`` processes cannot share equally."""
-    if batch_size % size:
-        raise ConfigError(
-            f"batch_size {batch_size} does not split into {size} equal shards, one per "
-            f"process; allowed: a multiple of {size} (or another number of processes)"
-        )
 
 
 class _Meeting:

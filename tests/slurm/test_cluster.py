@@ -10,6 +10,8 @@ One workflow run on a tiny config, with the repository's profile and only what a
 node needs changed (PROTOLIB_SLURM_* variables and two plugin flags): while it runs, one
 training job gets ``scancel --signal=TERM``; the retry must resume that run from its
 checkpoint. Meanwhile the same config runs locally (``--cores 2``) as the reference.
+Then a second workflow trains two CPU runs with PROTOLIB_SLURM_PROCESSES_PER_RUN=2: one
+job whose srun step has two tasks, each run equal to the run in one process.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import tiny_run
 from tests.slurm.cluster import NODE_ENV, PLUGIN_FLAGS, SMALL_RUN, cluster_script, sacct_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,8 +187,9 @@ def runs(cluster, tmp_path_factory):
     shutil.rmtree(slurm_dir, ignore_errors=True)
 
 
-def _summary(workdir: Path, run_id: str) -> dict:
-    return json.loads((workdir / "results" / "tiny" / "runs" / run_id / "summary.json").read_text())
+def _summary(workdir: Path, run_id: str, experiment: str = "tiny") -> dict:
+    path = workdir / "results" / experiment / "runs" / run_id / "summary.json"
+    return json.loads(path.read_text())
 
 
 def test_every_job_went_through_sbatch(runs):
@@ -262,3 +266,110 @@ def test_results_equal_a_local_run(runs):
     for path in ("results/theory/bounds.parquet", "results/tiny/tracking.json"):
         assert (slurm_dir / path).stat().st_size > 0, path
     assert len(list((slurm_dir / "results" / "tiny" / "report").rglob("*.png"))) >= 4
+
+
+# -- one run on two SLURM tasks (PROTOLIB_SLURM_PROCESSES_PER_RUN=2) ------------------------
+# Last in this module: it runs once the workflow above has finished, on the idle node (its
+# 2 cores: one task each). CPU runs, so that the job asks for tasks and CPUs and no GPU.
+PAIR_RUN = tiny_run(
+    device="cpu",
+    iterations=30,
+    eval_every=1,
+    batch_size=64,
+    probe_iterations=0,
+    model_options={"widths": [16], "out_dim": 8},
+)
+PAIR = {
+    "results": "results",
+    "experiments": {
+        "pair": {
+            "base": PAIR_RUN,
+            "losses": {"ce": {"loss": "ce"}, "supcon": {"loss": "supcon"}},
+        }
+    },
+}
+PAIR_IDS = ("ce_R1_p0_s0", "supcon_nw0_R1_p0_s0")
+PAIR_BATCH = "results/pair/batches/ce_R1_p0_s0+1.json"  # both runs: one train job
+
+
+@pytest.fixture(scope="module")
+def two_tasks(cluster, tmp_path_factory):
+    """The pair's train job through sbatch with two processes per run, and each run
+    trained here in one process (while the job runs) as the reference."""
+    workdir = tmp_path_factory.mktemp("pair")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(PAIR))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **CLUSTER_ENV}
+    env["PROTOLIB_SLURM_PROCESSES_PER_RUN"] = "2"
+    env.pop("SLURM_CONF", None)
+    started = time.monotonic()
+    slurm = _snakemake(
+        workdir, "--profile", str(ROOT / "slurm"), *PLUGIN_FLAGS, PAIR_BATCH, env=env
+    )
+    try:
+        # the runs' configs, as the job received them, trained here in one process
+        from protolib.train import train_run
+
+        spec = workdir / "results" / "pair" / "logs" / "batches" / "ce_R1_p0_s0+1.spec.json"
+        deadline = time.monotonic() + 120
+        while not spec.exists() or not spec.read_text().endswith("}"):
+            assert slurm.poll() is None, "the workflow ended before its train job started"
+            assert time.monotonic() < deadline, "the train job did not start within 2 minutes"
+            time.sleep(0.1)
+        reference = tmp_path_factory.mktemp("one_process")
+        for run in json.loads(spec.read_text())["runs"]:
+            train_run(run["config"], reference / run["config"]["run_id"], progress=False)
+        _wait(slurm, 240, workdir)
+    finally:
+        if slurm.poll() is None:
+            os.killpg(slurm.pid, 9)
+    yield workdir, reference, time.monotonic() - started
+
+
+def _steps(job: str) -> dict[str, dict[str, str]]:
+    """SLURM's records of ``job`` and its steps: {JobID: {field: value}}."""
+    fields = ["JobID", "NTasks", "State", "AllocTRES"]
+    out = subprocess.run(
+        ["sacct", "-n", "-P", "-j", job, "-o", ",".join(fields)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines() if line]
+    return {row["JobID"]: row for row in rows}
+
+
+def test_a_run_on_two_slurm_tasks_equals_one_process(two_tasks):
+    """One sbatch job for the two runs, whose srun step has 2 tasks (SLURM's records);
+    each run trained on both (processes 2, rank 0 writing) and equal to the run in one
+    process to float32 round-off."""
+    import torch
+
+    workdir, reference, seconds = two_tasks
+    jobs = sacct_jobs(workdir, ["JobID", "State", "Comment", "AllocTRES"])
+    assert len(jobs) == 1 and jobs["State"][0] == "COMPLETED", jobs
+    assert "cpu=2" in jobs["AllocTRES"][0] and "gres/gpu" not in jobs["AllocTRES"][0], jobs
+    job = jobs["JobID"][0]
+    steps = _steps(job)
+    assert steps[f"{job}.0"]["NTasks"] == "2", steps  # srun --ntasks=2 inside the job
+    assert steps[f"{job}.0"]["State"] == "COMPLETED", steps
+    assert steps[f"{job}.batch"]["NTasks"] == "1", steps
+    for run_id in PAIR_IDS:
+        ours = workdir / "results" / "pair" / "runs" / run_id
+        theirs = reference / run_id
+        attempts = _summary(workdir, run_id, "pair")["attempts"]
+        assert [(a["processes"], a["slurm_job_id"]) for a in attempts] == [(2, job)]
+        # every metric at every step and the final Grams, to float32 round-off (grown
+        # over 30 steps: the parameters agree to 1e-5, a metric to 1e-4)
+        for table in ("metrics", "geometry"):
+            mine = pd.read_parquet(ours / f"{table}.parquet")
+            want = pd.read_parquet(theirs / f"{table}.parquet")
+            pd.testing.assert_frame_equal(mine, want, check_exact=False, rtol=1e-4, atol=1e-5)
+        mine = torch.load(ours / "checkpoint.pt", weights_only=True)["network"]
+        want = torch.load(theirs / "checkpoint.pt", weights_only=True)["network"]
+        assert mine.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(mine[name], want[name], rtol=1e-5, atol=1e-6)
+        log = (workdir / "results" / "pair" / "logs" / "train" / f"{run_id}.log").read_text()
+        assert log.count("completed; time to fit") == 1, log  # rank 0 alone wrote it
+    print(f"two-task workflow: {seconds:.1f} s")

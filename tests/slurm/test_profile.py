@@ -34,7 +34,7 @@ SITE = {
     "PROTOLIB_SLURM_GPU_PARTITION": "gpu-a",
     "PROTOLIB_SLURM_GPU_MODEL": "h100",
     "PROTOLIB_SLURM_CPUS_PER_GPU": "6",
-    "PROTOLIB_SLURM_MEM_PER_GPU_MB": "24000",
+    "PROTOLIB_SLURM_MEM_PER_GPU_MB": "25000",
 }
 
 
@@ -120,8 +120,11 @@ def test_dry_run_needs_no_slurm_and_batches_small_runs(tmp_path):
     train = _train_resources(output)
     assert set(train) == BATCHES
     for batch, res in train.items():
-        assert res["cpus_per_gpu"] == "8" and res["mem_mb"] == "32000"
+        # memory per CPU: 32000 MB for the process and its 8 CPUs
+        assert res["cpus_per_gpu"] == "8" and res["mem_mb_per_cpu"] == "4000"
         assert res["gpu"] == ("0" if batch.startswith("cpu") else "1")
+        # one process per run: no task settings, so the plugin runs it under `srun -n1`
+        assert res["processes"] == "1" and not {"tasks", "tasks_per_gpu", "mpi"} & set(res)
         assert "slurm_account" not in res
         assert res["slurm_partition"] == res["gpu_model"] == "", res
         if not batch.startswith("big"):  # one start-up, a few seconds of runs, twice: 5 min
@@ -141,7 +144,7 @@ def test_site_values_come_from_the_environment(tmp_path):
             assert res["slurm_partition"] == "cpu" and res["gpu_model"] == "", res
         else:
             assert res["slurm_partition"] == "gpu-a" and res["gpu_model"] == "h100", res
-        assert res["cpus_per_gpu"] == "6" and res["mem_mb"] == "24000"
+        assert res["cpus_per_gpu"] == "6" and res["mem_mb_per_cpu"] == "4167"  # 25000 / 6
         assert res["runtime"] == "77"
     # the override sets the time limit only; the batches follow the estimates
     assert set(_train_resources(output)) == BATCHES
@@ -217,3 +220,87 @@ def test_cpu_runs_use_cpu_costs_and_no_gpu_settings(monkeypatch):
     monkeypatch.setenv("PROTOLIB_SLURM_TRAIN_RUNTIME", "1h")
     with pytest.raises(ValueError, match="whole number of minutes, got '1h'"):
         resources.runtime_minutes([tiny])
+
+
+def test_processes_per_run_ask_for_tasks_and_start_them(tmp_path):
+    """PROTOLIB_SLURM_PROCESSES_PER_RUN=2: each train job asks for 2 tasks (and 2 GPUs, one
+    per task, for GPU runs) with the `mpi` resource, and its command starts the trainer
+    with srun inside a SLURM job, with torchrun elsewhere; the batches stay the same."""
+    _config(tmp_path)
+    result = _dry_run(tmp_path, {"PROTOLIB_SLURM_PROCESSES_PER_RUN": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    train = _train_resources(output)
+    assert set(train) == BATCHES
+    for batch, res in train.items():
+        gpu_run = not batch.startswith("cpu")
+        assert res["processes"] == res["tasks"] == "2" and res["mpi"] == "srun", res
+        assert res["gpu"] == ("2" if gpu_run else "0"), res
+        assert res.get("tasks_per_gpu") == ("1" if gpu_run else None), res
+        assert res["mem_mb_per_cpu"] == "4000", res  # per CPU: the job's memory follows
+    assert "srun --ntasks=2 --cpus-per-task=8 --kill-on-bad-exit=1" in output
+    assert "torchrun --standalone --nproc-per-node=2 --no-python" in output
+    assert "protolib train --batch results/tiny/logs/batches/ce_R1_p0_s0+5.spec.json" in output
+
+
+def test_the_plugin_turns_the_resources_into_one_task_per_gpu():
+    """The SLURM executor plugin's sbatch line for a GPU train job of two processes: two
+    GPUs, one task each, the CPUs and memory per CPU of each (the plugin is real; the
+    job is the resources the dry run above shows)."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    class Job:
+        threads = 8
+
+        def __init__(self, **resources):
+            self.resources = Resources(resources)
+
+    job = Job(gpu=2, tasks=2, tasks_per_gpu=1, mpi="srun", cpus_per_gpu=8, mem_mb_per_cpu=4000)
+    params = dict(
+        run_uuid="x", slurm_logfile="log", comment_str="rule_train", account="", partition=""
+    )
+    line = get_submit_command(job, {**params, "workdir": ""}).split()
+    assert {"--ntasks-per-gpu=1", "--ntasks=2", "--cpus-per-gpu=8"} <= set(line), line
+    assert line[line.index("--mem-per-cpu") + 1] == "4000", line
+    assert not any(flag.startswith("--cpus-per-task") for flag in line), line
+
+
+def test_a_batch_the_processes_cannot_share_is_refused_when_planned(tmp_path):
+    """One line naming the variable, its value, the run and the batch size; exit 2;
+    nothing written, before any job is queued."""
+    run = {"dataset": "digits", "model": "mlp", "iterations": 20, "batch_size": 30}
+    config = {"experiments": {"tiny": {"base": run, "losses": {"ce": {"loss": "ce"}}}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = _dry_run(tmp_path, {"PROTOLIB_SLURM_PROCESSES_PER_RUN": "4"})
+    lines = [line for line in result.stderr.splitlines() if line.startswith("protolib: ")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert lines == [
+        "protolib: PROTOLIB_SLURM_PROCESSES_PER_RUN is 4; run ce_R1_p0_s0: batch_size 30 does "
+        "not split into 4 equal shards, one per process; allowed: a multiple of 4 (or another "
+        "number of processes)"
+    ], result.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / ".snakemake").exists()
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1", "1.5", "4097"])
+def test_processes_per_run_is_an_integer_in_range(monkeypatch, value):
+    monkeypatch.setenv("PROTOLIB_SLURM_PROCESSES_PER_RUN", value)
+    with pytest.raises(
+        ValueError, match=rf"PROCESSES_PER_RUN must be an integer in 1..4096 .*got '{value}'"
+    ):
+        resources.processes_per_run()
+    for value, expected in (("", 1), ("1", 1), (" 8 ", 8)):
+        monkeypatch.setenv("PROTOLIB_SLURM_PROCESSES_PER_RUN", value)
+        assert resources.processes_per_run() == expected
+
+
+def test_binding_points_the_processes_cannot_share_are_refused():
+    """The bound points of a batch (binding × the dataset's classes) split as well."""
+    runs = {"r": {"dataset": "digits", "batch_size": 64, "binding": 1}}  # 10 bound points
+    resources.check_processes(runs, 2)
+    with pytest.raises(ValueError, match=r"run r: binding 1 adds 10 bound points .* 4 equal"):
+        resources.check_processes(runs, 4)
+    resources.check_processes({"r": {"batch_size": 30}}, 1)  # one process: anything goes

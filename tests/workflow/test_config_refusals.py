@@ -410,7 +410,7 @@ def test_the_train_job_gets_exactly_the_values_given_in_base_and_variant(tmp_pat
     target = "results/e/batches/ce_R10_exp_p0.1000001_s3.json"  # a batch of one run
     result = snakemake(tmp_path, "-n", "-p", target)
     assert result.returncode == 0, result.stderr[-3000:]
-    command = re.search(r"protolib train --batch - .*<<< (.+?) >", result.stdout).group(1)
+    command = re.search(r"printf '%s' (.+) > \S+\.spec\.json$", result.stdout, re.M).group(1)
     (entry,) = json.loads(shlex.split(command)[0])["runs"]
     assert entry["out"] == "results/e/runs/ce_R10_exp_p0.1000001_s3"
     job = RunConfig.from_dict(entry["config"])

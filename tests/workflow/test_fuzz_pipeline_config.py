@@ -257,7 +257,7 @@ def test_the_command_plans_or_refuses_with_one_line(cfg, tmp_path):
     # every planned run is trained by exactly one train job (a batch), with its config
     specs = [
         json.loads(shlex.split(spec)[0])
-        for spec in re.findall(r"protolib train --batch - .*<<< (.+?) >", result.stdout)
+        for spec in re.findall(r"printf '%s' (.+) > \S+\.spec\.json$", result.stdout, re.M)
     ]
     trained = [(Path(r["out"]).parent.parent.name, r["config"]) for s in specs for r in s["runs"]]
     assert sorted((e, c["run_id"]) for e, c in trained) == sorted(

@@ -11,6 +11,15 @@
 # partition) unless the runs are pinned to the CPU (protolib/resources.py). Locally these
 # only matter with `--resources gpu=N`.
 #
+# PROTOLIB_SLURM_PROCESSES_PER_RUN = G > 1 (protolib/resources.py; default 1): each run of
+# a batch trains on G processes (MATH.md §1.10), every process training the batch's runs
+# in turn. The job asks for G tasks and, for GPU runs, G GPUs (one per task); inside a
+# SLURM job the command starts them with `srun --ntasks=G` (the `mpi` resource makes the
+# executor plugin run the command as it is in the allocation), on a machine without SLURM
+# with `torchrun --standalone --nproc-per-node=G`. srun gives standard input to task 0
+# only, so the batch spec is a file beside the batch log, which every task reads. A run
+# whose batch G processes cannot share equally is refused here, before any job.
+#
 # A finished run whose summary.json is corrupt, whose declared files are missing or of
 # another size than its manifest records, or whose config.json is not the experiment's
 # config any more, is retrained, and only it (with its experiment's aggregate, report and
@@ -33,6 +42,14 @@ def force_rerun(files):
     dag = workflow.dag
     if files and dag is not None and workflow.is_main_process:
         dag.forcefiles.update(files)
+
+
+try:
+    PROCESSES = resources.processes_per_run()
+    for _runs in RUNS.values():
+        resources.check_processes(_runs, PROCESSES)
+except ValueError as error:
+    _fail(error)
 
 
 def train_log(experiment, run_id):
@@ -81,6 +98,11 @@ def _batch_configs(wildcards):
     return [RUNS[wildcards.experiment][r] for r in BATCHES[wildcards.experiment][wildcards.batch].runs]
 
 
+def _tasks(key):
+    """The job's ``key`` of resources.job_tasks (None: not asked)."""
+    return lambda w: resources.job_tasks(_batch_configs(w)[0], PROCESSES)[key]
+
+
 onstart:
     if not workflow.touch:
         for folder in STALE_RUNS:
@@ -96,16 +118,29 @@ rule train:
         f"{RESULTS}/{{experiment}}/batches/{{batch}}.json",
     log:
         f"{RESULTS}/{{experiment}}/logs/batches/{{batch}}.log",
+        spec=f"{RESULTS}/{{experiment}}/logs/batches/{{batch}}.spec.json",
     params:
         spec=_batch_spec,
     threads: 1
     resources:
         runtime=lambda w, attempt: resources.runtime_minutes(_batch_configs(w), attempt),
-        gpu=lambda w: resources.gpus(_batch_configs(w)[0]),
+        gpu=_tasks("gpu"),
+        tasks=_tasks("tasks"),
+        tasks_per_gpu=_tasks("tasks_per_gpu"),
+        mpi=_tasks("mpi"),
+        processes=PROCESSES,
         gpu_model=lambda w: resources.gpu_model(_batch_configs(w)[0]),
         slurm_partition=lambda w: resources.partition(_batch_configs(w)[0]),
     shell:
-        # exec: the shell becomes protolib, so a SIGTERM (SLURM time limit, preemption, scancel)
-        # reaches the trainer, which checkpoints, and nothing ends the step before it has.
-        "exec protolib train --batch - --threads {threads} --no-progress"
-        " <<< {params.spec:q} > {log} 2>&1"
+        # exec: the shell becomes the trainer (or its launcher, which passes signals on), so a
+        # SIGTERM (SLURM time limit, preemption, scancel) reaches it, and the trainer
+        # checkpoints before anything ends the step.
+        "printf '%s' {params.spec:q} > {log.spec:q}\n"
+        "set -- protolib train --batch {log.spec:q} --threads {threads} --no-progress\n"
+        "if [ {resources.processes} -gt 1 ] && [ -n \"${{SLURM_JOB_ID:-}}\" ]; then\n"
+        "    set -- srun --ntasks={resources.processes} --cpus-per-task={threads}"
+        " --kill-on-bad-exit=1 \"$@\"\n"
+        "elif [ {resources.processes} -gt 1 ]; then\n"
+        "    set -- torchrun --standalone --nproc-per-node={resources.processes} --no-python \"$@\"\n"
+        "fi\n"
+        "exec \"$@\" > {log[0]:q} 2>&1"
