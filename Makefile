@@ -11,11 +11,6 @@ PYTEST_ARGS ?=
 # such as the pipeline and cluster runs are built once). PYTEST_PARALLEL= runs serially.
 PYTEST_PARALLEL ?= -n auto --dist loadscope
 
-# pip byte-compiles every installed module by default (tens of thousands of files, about a
-# minute here); Python compiles the ones a process imports on first use instead.
-# PIP_COMPILE= restores pip's default.
-PIP_COMPILE ?= --no-compile
-
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.protolib-installed
 
@@ -26,8 +21,8 @@ env: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(if $(strip $(TORCH)),$(BIN)/python -m pip install --quiet $(TORCH) $(PIP_COMPILE))
-	$(BIN)/python -m pip install --quiet -e '.[dev]' $(PIP_COMPILE)
+	$(if $(strip $(TORCH)),$(BIN)/python -m pip install --quiet $(TORCH))
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
 lint: $(STAMP)

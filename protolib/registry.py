@@ -313,7 +313,7 @@ LOSSES: Registry[Any] = Registry("loss", builtins="protolib.losses")
 GEOMETRIES: Registry[Any] = Registry("geometry", builtins="protolib.geometry.prototypes")
 MODELS: Registry[Any] = Registry(
     "model",
-    builtins="protolib.models.backbones",
+    builtins="protolib.models.builtin",
     fact_checks={"gpu_seconds_per_sample": _COST, "cpu_seconds_per_sample": _COST},
 )
 DATASETS: Registry[Any] = Registry(

@@ -31,7 +31,7 @@ from protolib.train.config import ConfigError, RunConfig
 
 # Costs and sizes are facts of the registry entries (Registry.register): a model declares
 # ``gpu_seconds_per_sample`` and ``cpu_seconds_per_sample`` (training, one view, forward
-# and backward, on one GPU / one CPU core; protolib/models/backbones.py), a dataset its
+# and backward, on one GPU / one CPU core; protolib/models/), a dataset its
 # ``size`` (training plus test images: the largest a variant can have, imbalance only
 # removes some; protolib/data/). Evaluation passes cost a third of training per sample.
 # An entry without these facts (a plugin, a ``timm:`` model) gets these conservative

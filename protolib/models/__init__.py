@@ -6,7 +6,7 @@ Registered backbones: ``mlp``, ``cnn_small``, ``resnet18_cifar``,
 ``LossNeeds`` asks for into one :class:`Network` returning ``NetworkOutput(features, logits)``.
 
 The names below load their module on first use: the ``MODELS`` registry imports
-``protolib.models.backbones`` alone.
+``protolib.models.builtin`` (the backbones) alone.
 """
 
 from __future__ import annotations

@@ -87,7 +87,8 @@ def check_imbalance_ratios(config: Mapping[str, Any], runs: Runs) -> tuple[str, 
     run's imbalance (``step`` with its ``minority_fraction``, or ``exp``); each dataset is
     loaded once per options. A dataset whose files are absent here is not checked (its
     train jobs check before writing anything): a note says so."""
-    from protolib.data.transforms import balance_classes, check_imbalance
+    from protolib.data.imbalance import check_imbalance
+    from protolib.data.transforms import balance_classes
 
     wanted: dict[str, tuple[str, dict[str, Any], str, set[tuple[Any, ...]], bool]] = {}
     for name, experiment in runs.items():

@@ -258,8 +258,10 @@ class Loop:
             if group is None:
                 losses = prep.loss(out.features, labels, logits=out.logits)
             else:  # every member's features and logits; this process's share of the loss
-                features = group.gather(out.features)
-                logits = None if out.logits is None else group.gather(out.logits)
+                # gathered in float32: under bfloat16 autocast the summed gradients of
+                # the shards would otherwise be added up in bfloat16
+                features = group.gather(out.features.float())
+                logits = None if out.logits is None else group.gather(out.logits.float())
                 shard = Shard(group.rank, group.size)
                 losses = prep.loss.forward_shard(features, labels, logits=logits, shard=shard)
         prep.optimizer.zero_grad(set_to_none=True)

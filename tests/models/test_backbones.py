@@ -13,7 +13,7 @@ from torch import nn
 
 from protolib.cli import main
 from protolib.models import build_backbone
-from protolib.models.backbones import HeCifarResNet, ZeroPadShortcut
+from protolib.models.resnets import HeCifarResNet, ZeroPadShortcut
 from protolib.registry import MODELS, RegistryError
 
 CIFAR = (3, 32, 32)
