@@ -176,6 +176,7 @@ def _for_processes(
     """``network`` with its batch norm synchronised over the processes (SyncBatchNorm,
     statistics of the global batch) when ``sync_batchnorm`` asks for it; the parameters
     stay the same objects and the state-dict keys the same names."""
+    _refuse_random_layers(config, network, launch)
     batch_norm = torch.nn.modules.batchnorm._BatchNorm
     has_batch_norm = any(isinstance(m, batch_norm) for m in network.modules())
     if not (config.sync_batchnorm and has_batch_norm):
@@ -188,6 +189,26 @@ def _for_processes(
             "per process) or run it in one process"
         )
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
+
+
+def _refuse_random_layers(config: RunConfig, network: Network, launch: Launch) -> None:
+    """Refuse layers that draw random numbers in training (dropout, drop-path) on several
+    processes: every process would draw the same masks for its shard, which is neither the
+    one-process run nor independent masks."""
+    for name, module in network.named_modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            rate = module.p
+        elif type(module).__name__ == "DropPath":  # timm's stochastic depth
+            rate = getattr(module, "drop_prob", 0.0)
+        else:  # timm models apply dropout functionally, by their drop_rate
+            rate = getattr(module, "drop_rate", 0.0)
+        if isinstance(rate, int | float) and rate > 0:
+            raise ConfigError(
+                f"model {config.model!r} (model_options {config.model_options}) has a "
+                f"random layer {name} ({type(module).__name__}, rate {rate}): with "
+                f"{launch.size} processes each would draw the same masks for its shard; "
+                "allowed: a model without dropout or drop-path, or one process"
+            )
 
 
 def _training_points(

@@ -531,6 +531,20 @@ def test_sync_batchnorm_on_the_cpu_is_refused(tmp_path, capsys, two_processes):
     assert len(lines) == 1 and "sync_batchnorm true needs CUDA" in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    "options", [{"drop_rate": 0.1}, {"drop_path_rate": 0.1}], ids=["dropout", "drop_path"]
+)
+def test_random_layers_are_refused_on_several_processes(tmp_path, capsys, two_processes, options):
+    """Dropout or drop-path would draw the same masks on every process: refused before any
+    work, naming the layer; the same model without them is accepted in one process."""
+    config = tiny_run(
+        model="timm:resnet10t", model_options=options, device="cpu", sync_batchnorm=False
+    )
+    code, lines, out = refused(tmp_path, capsys, config)
+    assert code == 2 and not out.exists()
+    assert len(lines) == 1 and "random layer" in lines[0] and "one process" in lines[0], lines
+
+
 def test_standard_input_is_refused_under_a_launcher(tmp_path, capsys, two_processes):
     """srun gives standard input to task 0 only (torchrun to every process at once): a
     batch or a config on it is refused on every process, rank 0 saying why."""
