@@ -24,18 +24,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from protolib.results.contract import RUN_FILES, SUMMARY
+
 pytestmark = pytest.mark.cuda
 
 ROOT = Path(__file__).resolve().parents[2]
-FILES = [
-    "checkpoint.pt",
-    "config.json",
-    "data.parquet",
-    "gamma.parquet",
-    "geometry.parquet",
-    "metrics.parquet",
-    "summary.json",
-]
+FILES = sorted([*RUN_FILES, SUMMARY])  # the run files the results contract declares
 
 
 def start(config: dict, out: Path) -> subprocess.Popen:

@@ -28,6 +28,7 @@ import torch
 
 from protolib.cli import main as cli_main
 from protolib.data import Augment, DeviceLoader, load_dataset
+from protolib.results.contract import RUN_FILES, SUMMARY
 from protolib.train import RunConfig, prepare, train_run
 from protolib.train.config import ConfigError
 from protolib.train.distributed import (
@@ -61,15 +62,7 @@ SUPCON = tiny_run(
     checkpoint_every=SUPCON_EVERY,  # stopped one step after the first checkpoint
     threads=1,
 )
-OUTPUTS = {
-    "checkpoint.pt",
-    "config.json",
-    "data.parquet",
-    "gamma.parquet",
-    "geometry.parquet",
-    "metrics.parquet",
-    "summary.json",
-}
+OUTPUTS = {*RUN_FILES, SUMMARY}  # the run files the results contract declares
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -297,22 +290,25 @@ def running_sums(config: dict, start: int, stop: int, out: Path) -> dict[str, to
     return {name: value - before[name] for name, value in loop.running.items()}
 
 
-# -- every step, in processes this test starts --------------------------------------------
-STEP_BY_STEP = 6
-STEPPED = [  # CE with a trainable head; SupCon with prototypes, two views, crop and flip
-    tiny_run(iterations=STEP_BY_STEP, eval_every=STEP_BY_STEP, threads=1, lr=0.2),
-    tiny_run(
+def supcon_run(**keys: object) -> dict:
+    """A tiny SupCon run with two prototype copies per class, two views and crops, on one
+    thread; ``keys`` add to it."""
+    return tiny_run(
         loss="supcon",
         n_w=2,
         model_options={"widths": [16], "out_dim": 16},
         views=2,
         crop_padding=1,
-        flip=True,
-        iterations=STEP_BY_STEP,
-        eval_every=STEP_BY_STEP,
         threads=1,
-        lr=0.2,
-    ),
+        **keys,
+    )
+
+
+# -- every step, in processes this test starts --------------------------------------------
+STEP_BY_STEP = 6
+STEPPED = [  # CE with a trainable head; SupCon with prototypes, two views, crop and flip
+    tiny_run(iterations=STEP_BY_STEP, eval_every=STEP_BY_STEP, threads=1, lr=0.2),
+    supcon_run(flip=True, iterations=STEP_BY_STEP, eval_every=STEP_BY_STEP, lr=0.2),
 ]
 
 
@@ -375,17 +371,7 @@ def test_every_step_on_two_processes_equals_one_process(tmp_path):
 BATCH_STEPS = 12
 BATCH = [  # CE, and SupCon with prototypes, two views and augmentation
     tiny_run(iterations=BATCH_STEPS, eval_every=1, threads=1, seed=1),
-    tiny_run(
-        loss="supcon",
-        n_w=2,
-        model_options={"widths": [16], "out_dim": 16},
-        views=2,
-        crop_padding=1,
-        iterations=BATCH_STEPS,
-        eval_every=1,
-        threads=1,
-        seed=2,
-    ),
+    supcon_run(iterations=BATCH_STEPS, eval_every=1, seed=2),
 ]
 
 
