@@ -7,9 +7,13 @@ VENV ?= .venv
 # e.g. `make test TORCH="torch torchvision"`, or TORCH= to keep what the venv has.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
-# One pytest-xdist worker per core; a module's tests stay on one worker (module fixtures
-# such as the pipeline and cluster runs are built once). PYTEST_PARALLEL= runs serially.
-PYTEST_PARALLEL ?= -n auto --dist loadscope
+# pytest-xdist workers: one per core and one more, which works while another waits on the
+# processes its test started (the SLURM cluster, a pipeline, a server); 3 rather than 2 on
+# 2 cores: 330 s against 377 s. A module's tests stay on one worker (module fixtures such
+# as the pipeline and cluster runs are built once); modules start in the order
+# tests/conftest.py gives, longest first. PYTEST_PARALLEL= runs serially.
+PYTEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print((os.cpu_count() or 1) + 1)')
+PYTEST_PARALLEL ?= -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.protolib-installed

@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:
-        return _exit_status(stop.code)
+        return exit_status(stop.code)
     return args.func(args)
 
 
-def _exit_status(code: object) -> int:
+def exit_status(code: object) -> int:
     """The exit status ``sys.exit(code)`` would give (a message is printed to stderr)."""
     if code is None:
         return 0
@@ -89,7 +89,13 @@ def run() -> NoReturn:
     try:
         code = main()
     except SystemExit as stop:  # a command that calls sys.exit
-        code = _exit_status(stop.code)
+        code = exit_status(stop.code)
+    exit_without_teardown(code)
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End the process with ``code`` as :func:`run` does: exit handlers, then standard
+    output and error flushed (a failed flush turns success into 120), then ``os._exit``."""
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

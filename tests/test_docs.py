@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import launcher
 from tests.workflow.test_pipeline import TINY_BASE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,15 +125,13 @@ def _env(workdir: Path) -> dict[str, str]:
 
 
 def _shell(command: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", "-c", command],
-        cwd=cwd,
-        env=_env(cwd),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """``command`` as bash runs it; a plain command line (words and quotes, nothing bash
+    would expand or redirect) is split as bash splits it and started by tests.launcher."""
+    if re.search(r"[|&;<>()$`*?\[\]{}~\\]|^\w+=", command):
+        argv = ["bash", "-c", command]
+    else:
+        argv = shlex.split(command)
+    return launcher.run(argv, cwd=cwd, env=_env(cwd), timeout=timeout)
 
 
 def _dry(command: str) -> str:

@@ -5,7 +5,6 @@ place that names the grid axes takes them from the contract."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from protolib.results.contract import (
 from protolib.results.schema import SCHEMAS, check_summary
 from protolib.results.tables import GRID
 from protolib.train.config import RunConfig
+from tests import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 #: a run that fills every figure: prototypes (geometry, Δ_G), corruption, imbalance, probe
@@ -62,12 +62,7 @@ def run_dir(tmp_path_factory) -> Path:
     config.write_text(json.dumps(RUN))
     out = root / "runs" / RUN["run_id"]
     command = [sys.executable, "-m", "protolib.cli", "train", "--no-progress"]
-    result = subprocess.run(
-        [*command, "--config", str(config), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = launcher.run([*command, "--config", str(config), "--out", str(out)])
     assert result.returncode == 0, result.stderr
     aggregate([out], root / "aggregate")
     return out

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
+from tests import launcher
 from tests.conftest import tiny_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,14 +36,11 @@ def test_a_local_train_job_starts_its_processes_with_torchrun(tmp_path):
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     env["PROTOLIB_SLURM_PROCESSES_PER_RUN"] = "2"
     marker = "results/pair/batches/ce_R1_p0_s0+1.json"  # one core: one job for both runs
-    result = subprocess.run(
+    result = launcher.run(
         [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--cores", "1", marker],
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
-        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / "results" / "pair"

@@ -17,6 +17,7 @@ import yaml
 
 from protolib import resources
 from protolib.train.config import RunConfig
+from tests import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -80,17 +81,14 @@ def _dry_run(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess
     """`snakemake --profile slurm -n all`, run from the repository (so that the profile
     name resolves to ./slurm) with no SLURM command on the PATH."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PROTOLIB_SLURM")}
-    return subprocess.run(
+    return launcher.run(
         [
             *(str(BIN / "snakemake"), "--profile", "slurm", "-n", "--verbose", "--cores", "8"),
             *("--directory", str(tmp_path), "all"),
         ],
         cwd=ROOT,
         env={**clean, "PATH": _path_without_slurm(tmp_path), **env},
-        capture_output=True,
-        text=True,
         timeout=300,
-        check=False,
     )
 
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from protolib.train import command
+from tests import launcher
 from tests.conftest import tiny_run
 
 # `protolib train ARGS` in a fresh interpreter: the command's own parser, and
@@ -55,19 +56,11 @@ def entry(run_id: str, config: dict[str, Any]) -> dict[str, Any]:
     return {"config": {**config, "run_id": run_id}, "out": f"runs/{run_id}", "log": f"{run_id}.log"}
 
 
-def start(args: list[str], cwd: Path, stdin: str, output: Any = subprocess.PIPE):
-    process = subprocess.Popen(
-        [*TRAIN, *args],
-        cwd=cwd,
-        stdin=subprocess.PIPE,
-        stdout=output,
-        stderr=subprocess.STDOUT if output is not subprocess.PIPE else subprocess.PIPE,
-        text=True,
-    )
-    process.stdin.write(stdin)
-    process.stdin.close()
-    process.stdin = None  # written: communicate() only reads
-    return process
+def start(args: list[str], cwd: Path, stdin: str, output: Path | None = None):
+    """`protolib train ARGS` with ``stdin`` on its standard input; its output to the file
+    ``output`` (stdout and stderr), or kept apart for ``communicate()``."""
+    stderr = subprocess.STDOUT if output is not None else None
+    return launcher.Process([*TRAIN, *args], cwd=cwd, stdout=output, stderr=stderr, input=stdin)
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +73,9 @@ def trained(tmp_path_factory) -> dict[str, Any]:
     spec.insert(1, {**entry("ce", RUNS["ce"]), "out": "a_file", "log": "failed/bad.log"})
     processes = []
     for run_id, config in RUNS.items():
-        with open(alone / f"{run_id}.log", "w") as log:
-            args = ["--config", "-", "--out", f"runs/{run_id}", "--no-progress"]
-            processes.append(start(args, alone, json.dumps(entry(run_id, config)["config"]), log))
+        args = ["--config", "-", "--out", f"runs/{run_id}", "--no-progress"]
+        log = alone / f"{run_id}.log"
+        processes.append(start(args, alone, json.dumps(entry(run_id, config)["config"]), log))
     batch_process = start(["--batch", "-", "--no-progress"], batch, json.dumps({"runs": spec}))
     out, err = batch_process.communicate(timeout=120)
     assert all(p.wait(timeout=120) == 0 for p in processes)

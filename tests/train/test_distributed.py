@@ -38,6 +38,7 @@ from protolib.train.distributed import (
     launch_from_environment,
 )
 from protolib.train.loop import Loop
+from tests import launcher
 from tests.conftest import tiny_run
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -66,7 +67,7 @@ OUTPUTS = {*RUN_FILES, SUMMARY}  # the run files the results contract declares
 
 
 # -- helpers ----------------------------------------------------------------------------
-def torchrun(config: dict, out: Path, cwd: Path, processes: int = 2) -> subprocess.Popen:
+def torchrun(config: dict, out: Path, cwd: Path, processes: int = 2) -> launcher.Process:
     """``torchrun --nproc-per-node N -m protolib.cli train`` of ``config`` into ``out``,
     started in the empty folder ``cwd`` (so any stray file shows)."""
     cwd.mkdir(parents=True, exist_ok=True)
@@ -76,17 +77,15 @@ def torchrun(config: dict, out: Path, cwd: Path, processes: int = 2) -> subproce
     env["OMP_NUM_THREADS"] = "1"
     command = [str(TORCHRUN), "--standalone", f"--nproc-per-node={processes}", "-m"]
     command += ["protolib.cli", "train", "--no-progress", "--config", str(path), "--out", str(out)]
-    return subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    return launcher.Process(command, cwd=cwd, env=env, stderr=subprocess.STDOUT)
 
 
-def finished(process: subprocess.Popen) -> tuple[int, str]:
+def finished(process: launcher.Process) -> tuple[int, str]:
     output, _ = process.communicate(timeout=120)
     return process.returncode, output
 
 
-def worker(process: subprocess.Popen, rank: int) -> int:
+def worker(process: launcher.Process, rank: int) -> int:
     """The process id of torchrun's worker of ``rank``."""
     for _ in range(2000):
         for children in Path(f"/proc/{process.pid}/task").glob("*/children"):
@@ -101,7 +100,7 @@ def worker(process: subprocess.Popen, rank: int) -> int:
     raise AssertionError(f"torchrun started no worker of rank {rank}")
 
 
-def signal_after_checkpoint(process: subprocess.Popen, out: Path, signum: int) -> None:
+def signal_after_checkpoint(process: launcher.Process, out: Path, signum: int) -> None:
     """Send ``signum`` to rank 1 as soon as rank 0 has written a periodic checkpoint."""
     rank1 = worker(process, 1)
     wait_for_checkpoint(process, out)
@@ -109,7 +108,7 @@ def signal_after_checkpoint(process: subprocess.Popen, out: Path, signum: int) -
 
 
 def signal_one_step_after_checkpoint(
-    process: subprocess.Popen, out: Path, signum: int, hold: float = 0.3
+    process: launcher.Process, out: Path, signum: int, hold: float = 0.3
 ) -> None:
     """Send ``signum`` to rank 1 so that both ranks stop one step after the step at which
     rank 0 wrote its first periodic checkpoint, never at it (where a signal sent at once
@@ -127,7 +126,7 @@ def signal_one_step_after_checkpoint(
         os.kill(rank0, signal.SIGCONT)
 
 
-def wait_for_checkpoint(process: subprocess.Popen, out: Path) -> None:
+def wait_for_checkpoint(process: launcher.Process, out: Path) -> None:
     """Return once ``out/resume.pt`` exists (the launch still running)."""
     deadline = time.monotonic() + 60
     while not (out / "resume.pt").exists():
@@ -405,7 +404,7 @@ def test_a_batch_on_two_processes_equals_the_batch_in_one(tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     command = [str(TORCHRUN), "--standalone", "--nproc-per-node=2", "-m", "protolib.cli"]
     command += ["train", "--no-progress", "--batch", str(batch_file(two, entries))]
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    done = launcher.run(command, cwd=cwd, env=env, timeout=120)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     for index in range(len(BATCH)):
@@ -423,7 +422,7 @@ def test_a_batch_on_two_processes_equals_the_batch_in_one(tmp_path):
 
 def srun_tasks(
     args: list[str] | Callable[[int], list[str]], cwd: Path, size: int = 2
-) -> list[subprocess.Popen]:
+) -> list[launcher.Process]:
     """``protolib train ARGS`` as the ``size`` tasks of an ``srun`` step would start it
     (srun's variables; the rendezvous port given as MASTER_PORT); ``args`` may depend on
     the rank."""
@@ -445,11 +444,7 @@ def srun_tasks(
         )
         given = args(rank) if callable(args) else args
         command = [sys.executable, "-m", "protolib.cli", "train", "--no-progress", *given]
-        processes.append(
-            subprocess.Popen(
-                command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
+        processes.append(launcher.Process(command, cwd=cwd, env=env))
     return processes
 
 

@@ -19,6 +19,7 @@ import torch
 
 from protolib.cli import main as cli_main
 from protolib.train import ConfigError, RunConfig, prepare
+from tests import launcher
 from tests.conftest import tiny_run
 
 # a tiny valid run (about half a second in-process)
@@ -421,13 +422,9 @@ def test_foreign_or_corrupt_resume_state_is_refused(tmp_path, capsys, finished):
 LONG = {**TINY, "iterations": 2000, "eval_every": 10, "checkpoint_every": 10}
 
 
-def _cli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "protolib.cli", "train", "--no-progress", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
+def _cli(*args: str, **kw) -> launcher.Process:
+    return launcher.Process(
+        [sys.executable, "-m", "protolib.cli", "train", "--no-progress", *args], **kw
     )
 
 

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -19,6 +18,7 @@ from protolib import LOSSES
 from protolib.cli import main as cli_main
 from protolib.results import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA, read_table
 from protolib.train import RunConfig, train_run
+from tests import launcher
 
 QUICK = {
     "iterations": 60,
@@ -142,13 +142,7 @@ def test_default_digits_ce_fits_within_a_minute(tmp_path):
 
 
 def run_cli(*args, **kw):
-    return subprocess.Popen(
-        [sys.executable, "-m", "protolib.cli", "train", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
+    return launcher.Process([sys.executable, "-m", "protolib.cli", "train", *args], **kw)
 
 
 RESUME = {

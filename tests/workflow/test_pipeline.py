@@ -1,4 +1,5 @@
-"""The Snakemake pipeline, run for real (CLI in a subprocess) on a tiny config."""
+"""The Snakemake pipeline, run for real (its CLI in a process of its own, tests.launcher)
+on a tiny config."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from protolib.pipeline import PipelineConfigError, plan
 from protolib.results.aggregate import RUNS_SCHEMA
 from protolib.results.report import report_files
 from protolib.results.schema import GAMMA_SCHEMA, GEOMETRY_SCHEMA, METRICS_SCHEMA, read_table
+from tests import launcher
 from tests.conftest import tiny_grid, tiny_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +53,7 @@ EXPECTED_RUNS = {
 def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), env.get("PYTHONPATH")]))
-    return subprocess.run(
+    return launcher.run(
         [
             str(BIN / "snakemake"),
             "--snakefile",
@@ -62,11 +64,8 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.Compl
             "2",
             *args,
         ],
-        capture_output=True,
-        text=True,
         timeout=timeout,
         env=env,
-        check=False,
     )
 
 
