@@ -119,26 +119,26 @@ def _child(
     os.close(handle)
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 (fd 0 stays open, as in any process)
     sys.argv = list(argv) if kind == "entry" else [target, *argv[3 if kind == "module" else 2 :]]
-    from protolib.cli import exit_status, exit_without_teardown
-
-    code = 0
+    code: object = 0  # what sys.exit was given, or the entry point returned
     try:
         if kind == "entry":
             module, _, function = target.partition(":")
-            result = getattr(__import__(module, fromlist=["_"]), function)()
-            code = exit_status(result)
+            code = getattr(__import__(module, fromlist=["_"]), function)()
         elif kind == "module":
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         else:
             runpy.run_path(target, run_name="__main__")
     except SystemExit as stop:
-        code = exit_status(stop.code)
+        code = stop.code
     except BaseException:
         import traceback
 
         traceback.print_exc()
         code = 1
-    exit_without_teardown(code)
+    # imported only now: `python -m protolib.cli` must find the module not yet imported
+    from protolib.cli import exit_status, exit_without_teardown
+
+    exit_without_teardown(exit_status(code))
 
 
 class Process:

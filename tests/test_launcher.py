@@ -32,6 +32,7 @@ def _both(argv, **kw):
         ["protolib", "bounds", "ce", "--classes", "1"],  # refused: exit 2, one line
         ["protolib", "no-such-command"],  # argparse: exit 2
         [sys.executable, "-m", "protolib", "--version"],
+        [sys.executable, "-m", "protolib.cli", "train", "--set", "loss=nope", "--out", "x"],
         ["snakemake", "--version"],
         ["snakemake", "--no-such-flag"],
     ],
