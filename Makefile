@@ -33,8 +33,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# PYTHONDONTWRITEBYTECODE is cleared for the suite: its few hundred processes then read
+# protolib's compiled modules, and pytest its rewritten test modules, instead of compiling
+# them again in each (the caches are __pycache__ folders, which git ignores).
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # `snakemake --cores all all`, through a launcher that first clears the stale lock a killed
 # run leaves (and refuses while a snakemake is still working in this directory).

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision.datasets
 
 from protolib import DATASETS
 from protolib.data import Split, load_dataset
@@ -158,6 +157,8 @@ def test_wrong_file_content_is_reported(tmp_path):
 
 
 def test_download_fetches_with_torchvision_then_reads(tmp_path, monkeypatch):
+    import torchvision.datasets  # here, not at collection: it imports torch._dynamo
+
     calls = []
 
     class FakeCIFAR10:

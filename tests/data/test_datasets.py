@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from protolib import DATASETS, RegistryError
 from protolib.data import DatasetSplits, Split, load_dataset
@@ -19,6 +18,8 @@ from protolib.data.datasets import channel_stats, digits_file, read_digits, stra
 
 @pytest.fixture(scope="module")
 def sk_digits():
+    from sklearn.datasets import load_digits  # here, not at collection (1.7 s)
+
     return load_digits()
 
 

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from protolib.cli import main
@@ -186,6 +185,8 @@ def resnet18_cifar_param_count(preact: bool, in_ch: int = 3) -> int:
 
 def torchvision_cifar_resnet18() -> nn.Module:
     """torchvision's ResNet-18 with the CIFAR stem: 3×3 stride-1 conv, no max-pool, no fc."""
+    import torchvision  # here, not at collection: it imports torch._dynamo (1.5 s)
+
     model = torchvision.models.resnet18(weights=None)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
