@@ -22,11 +22,14 @@ STAMP := $(VENV)/.protolib-installed
 
 env: $(STAMP)
 
+# pip compiles nothing (--no-compile): workflow/scripts/compile_imports.py then compiles
+# what protolib and its tests import, a minute less of CPU than compiling every module.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(if $(strip $(TORCH)),$(BIN)/python -m pip install --quiet $(TORCH))
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(if $(strip $(TORCH)),$(BIN)/python -m pip install --quiet --no-compile $(TORCH))
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/python workflow/scripts/compile_imports.py
 	@touch $@
 
 lint: $(STAMP)

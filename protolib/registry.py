@@ -59,9 +59,10 @@ class Registry(Generic[T]):
     is checked when it is registered, a function of the options when :meth:`fact` calls it.
 
     ``builtins`` is the module that registers the family's built-in entries; it is imported
-    on the first lookup or registration (``get``, ``create``, ``names``, ``in``, ``len``,
-    iteration, ``check_options``, ``register``). Registering while that module is being
-    imported (its own decorators) does not import it again.
+    on the first lookup (``get``, ``create``, ``names``, ``in``, ``len``, iteration,
+    ``check_options``) or on registering an entry defined outside protolib, so that a name a
+    built-in holds is refused. An entry defined in protolib (the built-ins' own modules,
+    which may be imported in any order and before that module) registers without it.
     """
 
     def __init__(
@@ -115,10 +116,11 @@ class Registry(Generic[T]):
         for key, value in facts.items():
             if not callable(value):
                 self._check_fact(name, key, value)
-        self._load_builtins()
         frozen = MappingProxyType(dict(facts))
 
         def add(target: T) -> T:
+            if not str(getattr(target, "__module__", "")).startswith("protolib."):
+                self._load_builtins()
             if name in self._entries and (
                 self._entries[name] is not target or dict(self._facts[name]) != facts
             ):

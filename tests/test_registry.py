@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import json
+import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
+import protolib
 from protolib import DATASETS, GEOMETRIES, LOSSES, MODELS
 from protolib.registry import METRICS, Registry, RegistryError, load_plugins
+from tests import launcher
 
 
 def test_register_create_names():
@@ -66,6 +71,48 @@ def test_builtin_registries():
     assert {"etf", "from_gram", "majority_collapse", "minority_angles", "orthonormal"} <= set(
         GEOMETRIES.names()
     )
+
+
+#: every protolib module that registers built-in entries with a decorator
+REGISTERING = sorted(
+    ".".join(path.relative_to(Path(protolib.__file__).parents[1]).with_suffix("").parts)
+    for path in Path(protolib.__file__).parent.rglob("*.py")
+    if re.search(r"^@[A-Z]+\.register\(", path.read_text(), re.MULTILINE)
+)
+#: a fresh process imports one of them before anything else of protolib, then every
+#: registry, which must then hold the same entries as when protolib is imported the usual way
+IMPORT_FIRST = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+from protolib import registry
+print(json.dumps({r.family: sorted(r.names()) for r in vars(registry).values()
+                  if isinstance(r, registry.Registry)}))
+"""
+
+
+def test_registering_modules_are_found():
+    assert {"protolib.data.cifar", "protolib.data.digits", "protolib.losses.ce"} <= set(REGISTERING)
+
+
+def _registries_after_importing(module: str, folder: Path) -> dict:
+    script = folder / "first.py"
+    script.write_text(IMPORT_FIRST)
+    done = launcher.run([sys.executable, str(script), module], timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def usual_registries(tmp_path_factory):
+    return _registries_after_importing("protolib", tmp_path_factory.mktemp("usual"))
+
+
+@pytest.mark.parametrize("module", REGISTERING)
+def test_a_registering_module_imports_first_on_its_own(module, tmp_path, usual_registries):
+    """Importing ``protolib.data.cifar`` first once failed: its decorator imported the
+    built-ins, which imported the half-initialised module back (a circular import)."""
+    assert usual_registries["dataset"] and usual_registries["loss"]
+    assert _registries_after_importing(module, tmp_path) == usual_registries
 
 
 #: a registry whose built-ins live in another module, which registers into it on import
