@@ -13,11 +13,10 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
-from mlflow.entities import ViewType
 
 from protolib.results.aggregate import aggregate
 from protolib.tracking import (
@@ -31,6 +30,9 @@ from protolib.tracking import (
     sync_experiment,
 )
 from protolib.train import train_run
+
+if TYPE_CHECKING:  # mlflow is imported by the tests that run, not at collection (1.5 s)
+    from mlflow import MlflowClient
 
 QUICK = {
     "experiment": "exp",
@@ -57,6 +59,8 @@ def results(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(results) -> MlflowClient:
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=default_tracking_uri(results))
 
 
@@ -75,7 +79,10 @@ def sync(results: Path, name: str, **kwargs) -> dict:
     return sync_experiment(results / name / "aggregate", experiment=name, results=results, **kwargs)
 
 
-def runs_of(client: MlflowClient, name: str, tag: str, view=ViewType.ACTIVE_ONLY) -> list:
+def runs_of(client: MlflowClient, name: str, tag: str, deleted: bool = False) -> list:
+    from mlflow.entities import ViewType
+
+    view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
     experiment = client.get_experiment_by_name(f"protolib/{name}")
     return client.search_runs(
         [experiment.experiment_id], f"tags.`{tag}` LIKE '%'", run_view_type=view
@@ -215,7 +222,7 @@ def test_sync_mirrors_every_run_with_histories_params_and_artifacts(results, cli
     assert {run_id: run.info.run_id for run_id, run in after.items()} == before
     history = client.get_metric_history(after["ce-s0"].info.run_id, "train/loss")
     assert len(history) == 2
-    assert runs_of(client, name, RUN_ID_TAG, ViewType.DELETED_ONLY) == []
+    assert runs_of(client, name, RUN_ID_TAG, deleted=True) == []
 
 
 def _step(metric) -> int:
@@ -256,13 +263,15 @@ def test_a_changed_run_is_replaced_not_duplicated(results, client):
     assert not {r.info.run_id for r in children.values()} & {r.info.run_id for r in bare.values()}
     history = client.get_metric_history(children["ce-s0"].info.run_id, "train/loss")
     assert len(history) == 2
-    deleted = runs_of(client, name, RUN_ID_TAG, ViewType.DELETED_ONLY)
+    deleted = runs_of(client, name, RUN_ID_TAG, deleted=True)
     assert len(deleted) == 4
 
 
 def test_an_interrupted_sync_is_completed_by_the_next(results, client, monkeypatch):
     name = "interrupted"
     make_aggregate(results, name)
+    from mlflow import MlflowClient
+
     calls = []
     original = MlflowClient.log_artifact
 
@@ -441,6 +450,8 @@ def test_two_processes_creating_one_store_take_turns(results, tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
+    from mlflow import MlflowClient
+
     client = MlflowClient(tracking_uri=default_tracking_uri(store))
     for name in names:
         the_parent(client, name)

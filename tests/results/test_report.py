@@ -13,11 +13,9 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.stats
 
 from protolib.results import plots, tables
 from protolib.results.aggregate import aggregate
@@ -92,6 +90,8 @@ def assert_valid_png(path: Path, *, min_bytes: int = 0) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC, path
     assert len(data) > min_bytes, (path, len(data))
+    import matplotlib.image
+
     image = matplotlib.image.imread(path)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     assert float(image[..., :3].var()) > 1e-3, f"{path} is (nearly) a single colour"
@@ -273,6 +273,8 @@ def test_summary_tables_equal_a_groupby_over_seeds(experiment, name, figure):
             assert math.isnan(got.loc[key, f"{figure}_ci_low"])
         else:
             assert got.loc[key, f"{figure}_std"] == pytest.approx(row["std"], rel=1e-9)
+            import scipy.stats  # imported here, not at collection (1.2 s per test worker)
+
             half = scipy.stats.t.ppf(0.975, n - 1) * row["std"] / math.sqrt(n)
             low, high = got.loc[key, f"{figure}_ci_low"], got.loc[key, f"{figure}_ci_high"]
             assert (low, high) == pytest.approx((row["mean"] - half, row["mean"] + half))
