@@ -218,9 +218,7 @@ class Process:
 
     @property
     def returncode(self) -> int | None:
-        if not self.forked:
-            return self._popen.returncode
-        return self._process.exitcode
+        return self.poll()
 
     def poll(self) -> int | None:
         if not self.forked:
@@ -251,9 +249,7 @@ class Process:
         return out, (None if self._err == self._out else err)
 
     def kill(self) -> None:
-        if self.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+        self.send_signal(signal.SIGKILL)
 
     def output(self) -> tuple[str, str]:
         """Standard output and error (one text when they went to one file)."""
