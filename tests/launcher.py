@@ -16,11 +16,15 @@ log file. A command whose first
 word is not a console script of this environment (or of ``python -m``/``python FILE``)
 is started the ordinary way. Tests of start-up itself (what a command imports, how fast it
 starts) start their processes the ordinary way, on purpose.
+
+A Snakemake started here runs its jobs' `protolib` commands through :mod:`tests.jobserver`
+(forked in the same way); ``PROTOLIB_TESTS_FRESH_JOBS=1`` makes every job a fresh process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import json
 import multiprocessing
@@ -33,17 +37,22 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 BIN = Path(sys.executable).parent
 
 # Imported once in the fork server: what makes a fresh process slow.
 PRELOAD = ["torch", "numpy", "pandas", "pyarrow", "yaml", "snakemake.cli"]
 
-_CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(PRELOAD)
+# How a Snakemake is started (its console script, ``python -m snakemake``).
+SNAKEMAKE = [("entry", "snakemake.cli:main"), ("module", "snakemake")]
+
+CONTEXT = multiprocessing.get_context("forkserver")
+CONTEXT.set_forkserver_preload(PRELOAD)
 
 
-def _base_path() -> list[str]:
+@functools.cache
+def base_path() -> list[str]:
     """``sys.path`` of a fresh interpreter of this environment, without its first entry
     (the script's folder, or the working directory for ``-m``/``-c``)."""
     out = subprocess.run(
@@ -56,10 +65,7 @@ def _base_path() -> list[str]:
     return json.loads(out)
 
 
-_BASE_PATH: list[str] | None = None
-
-
-def _entry(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> tuple[str, str] | None:
+def command_entry(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> tuple[str, str] | None:
     """What the command runs in this environment: ("entry", "module:function") for a
     console script, ("module", name) for ``python -m``, ("path", file) for ``python FILE``;
     None for anything else."""
@@ -99,17 +105,10 @@ def _child(
     base: list[str],
     given: str | None,
 ) -> None:
-    """In the forked process: become the command (session, folder, environment, path,
-    output files, argv), run its entry point, and exit with its status."""
+    """In the forked process: become the command (session, output files, standard input),
+    then :func:`become` it."""
     if new_session:
         os.setsid()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
-    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    first = cwd if kind == "module" else str(Path(target).parent if kind == "path" else BIN)
-    sys.path[:] = [first, *extra, *base]
     for fd, path in ((1, out), (2, err)):
         handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         os.dup2(handle, fd)
@@ -117,6 +116,22 @@ def _child(
     handle = os.open(given or os.devnull, os.O_RDONLY)
     os.dup2(handle, 0)
     os.close(handle)
+    become(kind, target, argv, cwd, env, base)
+
+
+def become(
+    kind: str, target: str, argv: list[str], cwd: str, env: dict[str, str], base: list[str]
+) -> NoReturn:
+    """In a forked process whose standard streams are set: become the command (folder,
+    environment, path, argv, SIGINT handler), run its entry point, and exit with its
+    status, as its console script does."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    first = cwd if kind == "module" else str(Path(target).parent if kind == "path" else BIN)
+    sys.path[:] = [first, *extra, *base]
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 (fd 0 stays open, as in any process)
     sys.argv = list(argv) if kind == "entry" else [target, *argv[3 if kind == "module" else 2 :]]
     code: object = 0  # what sys.exit was given, or the entry point returned
@@ -156,7 +171,6 @@ class Process:
         start_new_session=False,
         input=None,
     ):
-        global _BASE_PATH
         self.args = list(map(str, argv))
         cwd = Path(cwd or os.getcwd())
         env = dict(os.environ if env is None else env)
@@ -172,8 +186,15 @@ class Process:
         if input is not None:
             given = self._temporary()
             Path(given).write_text(input, encoding="utf-8")
-        entry = _entry(self.args, env, cwd)
+        entry = command_entry(self.args, env, cwd)
         self.forked = entry is not None
+        if entry in SNAKEMAKE and not os.environ.get("PROTOLIB_TESTS_FRESH_JOBS"):
+            # its jobs' `protolib` through tests.jobserver
+            from tests import jobserver
+
+            env["PATH"] = os.pathsep.join(
+                filter(None, [jobserver.client_folder(), env.get("PATH")])
+            )
         if entry is None:
             with (
                 open(self._out, "ab") as out,
@@ -191,9 +212,7 @@ class Process:
                 )
             self.pid = self._popen.pid
             return
-        if _BASE_PATH is None:
-            _BASE_PATH = _base_path()
-        self._process = _CONTEXT.Process(
+        self._process = CONTEXT.Process(
             target=_child,
             args=(
                 *entry,
@@ -203,7 +222,7 @@ class Process:
                 self._out,
                 self._err,
                 start_new_session,
-                _BASE_PATH,
+                base_path(),
                 given,
             ),
         )

@@ -5,17 +5,12 @@ in one line (exit 2) before writing anything."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from protolib.cli import main
 from protolib.results.report import make_report, report_files
-from protolib.theory.bounds import ce_l2_bound
-from protolib.theory.report import THEORY_FILES
-from protolib.theory.tables import bounds_table
 from protolib.tracking import default_tracking_uri, sync_experiment
 from tests.results.grid_fixture import grid_fixture  # noqa: F401 (the results_grid fixture)
 
@@ -81,25 +76,8 @@ def test_report_refuses_bad_input_before_writing(results_grid, tmp_path, capsys)
 # -- theory -------------------------------------------------------------------------------
 
 
-def test_theory_writes_the_theory_files(tmp_path, capsys):
-    """One real run (about 13 s on 2 cores); the files are checked against the closed-form
-    bounds rather than a second run of the simulations."""
-    out = tmp_path / "theory"
-    assert main(["theory", "--out", str(out), "--threads", "1", "--seed", "0"]) == 0
-    printed = written_lines(capsys.readouterr().out)
-    assert printed == {name: out / name for name in THEORY_FILES}
-    assert all(path.is_file() and path.stat().st_size > 0 for path in printed.values())
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "bounds.parquet"), bounds_table())
-    ufm = pd.read_parquet(out / "ufm.parquet")
-    ce = ufm[(ufm.simulation == "ce_l2") & (ufm.quantity.isin(["bound", "attained"]))]
-    assert len(ce) == 10
-    for setting, rows in ce.groupby("setting"):
-        lam = float(setting.removeprefix("lambda="))
-        values = dict(zip(rows.quantity, rows.value, strict=True))
-        assert values["bound"] == pytest.approx(ce_l2_bound(3, 1.0, lam)[0], rel=1e-12)
-        assert math.isclose(values["attained"], values["bound"], rel_tol=1e-6)
-    assert "Corollary 2" in (out / "bounds_vs_attained.md").read_text()
-    assert all(printed[f].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in printed if ".png" in f)
+# Its one real run is in tests/theory/test_ufm.py, which compares what it computed with that
+# module's own runs of the simulations (and so needs no third run).
 
 
 @pytest.mark.parametrize(

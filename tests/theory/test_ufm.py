@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from protolib.geometry import simplex_gamma
 from protolib.losses import supcon_limit_loss, supcon_loss
 from protolib.theory import bounds, ufm
 from protolib.theory.report import THEORY_FILES, write_theory
+from protolib.theory.tables import bounds_table
 
 # ---------------------------------------------------------------- private references
 
@@ -322,19 +324,48 @@ def test_limit_minority_angles_optimum_is_off_target_but_exact(limit):
 # ------------------------------------------------------------------ determinism
 
 
-def test_same_seed_gives_identical_tables(results):
-    again = {
-        "ce_l2": ufm.ce_l2(),
-        "supcon_circle": ufm.supcon_circle(),
-        "supcon_all_multisets": ufm.supcon_all_multisets(),
-        "limit_geometries": ufm.limit_geometries(),
-    }
+def test_protolib_theory_writes_the_files_and_the_same_seed_gives_identical_results(
+    results, tmp_path, capsys, monkeypatch
+):
+    """One real `protolib theory` (about 13 s on 2 cores): what ``run_all`` gave it equals
+    this module's own runs of the simulations exactly (same seed: same tables, traces and
+    final configurations), and its files are checked against the closed-form bounds."""
+    from protolib.cli import main
+
+    given = {}
+
+    def recorded(seed):
+        given.update(real_run_all(seed=seed))
+        return given
+
+    real_run_all = ufm.run_all
+    monkeypatch.setattr(ufm, "run_all", recorded)
+    out = tmp_path / "theory"
+    assert main(["theory", "--out", str(out), "--threads", "1", "--seed", "0"]) == 0
     for name, result in results.items():
-        pd.testing.assert_frame_equal(again[name].table, result.table, check_exact=True)
-        pd.testing.assert_frame_equal(again[name].trace, result.trace, check_exact=True)
-        assert again[name].final.keys() == result.final.keys()
+        pd.testing.assert_frame_equal(given[name].table, result.table, check_exact=True)
+        pd.testing.assert_frame_equal(given[name].trace, result.trace, check_exact=True)
+        assert given[name].final.keys() == result.final.keys()
         for key, array in result.final.items():
-            np.testing.assert_array_equal(again[name].final[key], array)
+            np.testing.assert_array_equal(given[name].final[key], array)
+
+    printed = {
+        k: Path(v)
+        for k, v in (line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    }
+    assert printed == {name: out / name for name in THEORY_FILES}
+    assert all(path.is_file() and path.stat().st_size > 0 for path in printed.values())
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "bounds.parquet"), bounds_table())
+    table = pd.read_parquet(out / "ufm.parquet")
+    ce = table[(table.simulation == "ce_l2") & (table.quantity.isin(["bound", "attained"]))]
+    assert len(ce) == 10
+    for setting, rows in ce.groupby("setting"):
+        lam = float(setting.removeprefix("lambda="))
+        values = dict(zip(rows.quantity, rows.value, strict=True))
+        assert values["bound"] == pytest.approx(bounds.ce_l2_bound(3, 1.0, lam)[0], rel=1e-12)
+        assert math.isclose(values["attained"], values["bound"], rel_tol=1e-6)
+    assert "Corollary 2" in (out / "bounds_vs_attained.md").read_text()
+    assert all(printed[f].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in printed if ".png" in f)
 
 
 def test_run_all_runs_the_five_with_the_seed(monkeypatch):
