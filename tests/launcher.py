@@ -188,8 +188,9 @@ class Process:
             Path(given).write_text(input, encoding="utf-8")
         entry = command_entry(self.args, env, cwd)
         self.forked = entry is not None
-        if entry in SNAKEMAKE and not os.environ.get("PROTOLIB_TESTS_FRESH_JOBS"):
-            # its jobs' `protolib` through tests.jobserver
+        dry = any(arg in ("-n", "--dry-run", "--dryrun") for arg in self.args)
+        if entry in SNAKEMAKE and not dry and not os.environ.get("PROTOLIB_TESTS_FRESH_JOBS"):
+            # its jobs' `protolib` through tests.jobserver (a dry run starts none)
             from tests import jobserver
 
             env["PATH"] = os.pathsep.join(
