@@ -2,8 +2,8 @@
 
 A Snakemake that :mod:`tests.launcher` starts runs each job's shell command, and the shell
 finds `protolib` on PATH. That Snakemake gets, first on its PATH, a folder holding a
-`protolib` that is a small client (an isolated interpreter without ``site``: a few
-milliseconds). The client hands its command line, working directory, environment, umask
+`protolib` that is a small client (an isolated interpreter without ``site``, importing
+only the standard library). The client hands its command line, working directory, environment, umask
 and standard streams (the file descriptors themselves) to a server that has imported
 torch, pandas, pyarrow, matplotlib and mlflow once per test worker; the server forks a
 process that becomes the command (:func:`tests.launcher.become`: the real console-script
@@ -12,9 +12,10 @@ signals it gets go to that process, and it exits with that process's status, or 
 the same signal. If the client is killed outright (SIGKILL), the process kills its own
 process group, children included.
 
-On 2 cores this saves about 2 s of CPU per job (`import torch` alone is 1.7 s). Tests
-that kill a pipeline's whole process group, or that run Snakemake the ordinary way (the
-kill-anywhere test, the SLURM cluster, `make run`), run every job as a fresh process.
+What a job saves is its start-up (`import torch` alone is 1.7 s of CPU on 2 cores; the
+saving is measured in benchmarks/README.md). A dry run starts no server. Tests that kill a
+pipeline's whole process group, or that run Snakemake the ordinary way (the kill-anywhere
+test, the SLURM cluster, `make run`), run every job as a fresh process.
 """
 
 from __future__ import annotations
