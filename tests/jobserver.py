@@ -3,14 +3,14 @@
 A Snakemake that :mod:`tests.launcher` starts runs each job's shell command, and the shell
 finds `protolib` on PATH. That Snakemake gets, first on its PATH, a folder holding a
 `protolib` that is a small client (an isolated interpreter without ``site``, importing
-only the standard library). The client hands its command line, working directory, environment, umask
-and standard streams (the file descriptors themselves) to a server that has imported
-torch, pandas, pyarrow, matplotlib and mlflow once per test worker; the server forks a
-process that becomes the command (:func:`tests.launcher.become`: the real console-script
-entry point, on the real command line) and runs it. The client stays the job's process:
-signals it gets go to that process, and it exits with that process's status, or dies of
-the same signal. If the client is killed outright (SIGKILL), the process kills its own
-process group, children included.
+only the standard library). The client hands its command line, working directory,
+environment, umask and standard streams (the file descriptors themselves) to a server
+that has imported torch, pandas, pyarrow, matplotlib and mlflow once per test worker; the
+server forks a process that becomes the command (:func:`tests.launcher.become`: the real
+console-script entry point, on the real command line) and runs it. The client stays the
+job's process: signals it gets go to that process, and it exits with that process's
+status, or dies of the same signal. If the client is killed outright (SIGKILL), the
+process kills its own process group, children included.
 
 What a job saves is its start-up (`import torch` alone is 1.7 s of CPU on 2 cores; the
 saving is measured in benchmarks/README.md). A dry run starts no server. Tests that kill a
@@ -48,8 +48,8 @@ PRELOAD = [
     "duckdb",
 ]
 
-# The commands the jobs run through the server.
-COMMANDS = ["protolib"]
+# The command the jobs run through the server, as the shell would start it.
+COMMAND = str(launcher.BIN / "protolib")
 
 # The signals the client passes on (SIGKILL and SIGSTOP cannot be caught).
 RELAYED = [
@@ -62,7 +62,7 @@ RELAYED = [
 ]
 
 _HEADER = struct.Struct("!Q")  # the length of the request that follows
-_NUMBER = struct.Struct("!i")  # the process id, then the wait status
+_NUMBER = struct.Struct("!i")  # the process id, then the wait status (4 bytes each)
 
 CLIENT = """\
 #!{python} -IS
@@ -111,18 +111,18 @@ while True:
         if time.monotonic() > deadline:
             sys.exit("tests.jobserver: no server at {path}")
         time.sleep(0.02)
-socket.send_fds(server, [struct.pack("!Q", len(request))], streams)
+socket.send_fds(server, [struct.pack({header!r}, len(request))], streams)
 server.sendall(request)
 
 
 def number():
     data = b""
-    while len(data) < 4:
-        more = server.recv(4 - len(data))
+    while len(data) < {size}:
+        more = server.recv({size} - len(data))
         if not more:
             sys.exit("tests.jobserver: the server closed the connection")
         data += more
-    return struct.unpack("!i", data)[0]
+    return struct.unpack({number!r}, data)[0]
 
 
 child = number()
@@ -143,33 +143,30 @@ def client_folder() -> str:
     folder = tempfile.mkdtemp(prefix="protolib-jobs-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = os.path.join(folder, "server")
-    for name in COMMANDS:
-        argv0 = str(launcher.BIN / name)
-        client = Path(folder, name)
-        client.write_text(
-            CLIENT.format(
-                python=sys.executable,
-                doc=__doc__.splitlines()[0],
-                relayed=[int(s) for s in RELAYED],
-                argv0=argv0,
-                path=path,
-            )
+    client = Path(folder, Path(COMMAND).name)
+    client.write_text(
+        CLIENT.format(
+            python=sys.executable,
+            doc=__doc__.splitlines()[0],
+            relayed=[int(s) for s in RELAYED],
+            argv0=COMMAND,
+            path=path,
+            header=_HEADER.format,
+            number=_NUMBER.format,
+            size=_NUMBER.size,
         )
-        client.chmod(0o755)
-    entries = {
-        str(launcher.BIN / name): launcher.command_entry(
-            [str(launcher.BIN / name)], os.environ, Path.cwd()
-        )
-        for name in COMMANDS
-    }
+    )
+    client.chmod(0o755)
+    entry = launcher.command_entry([COMMAND], os.environ, Path.cwd())
+    assert entry is not None, f"{COMMAND} is not a console script of this environment"
     server = launcher.CONTEXT.Process(
-        target=serve, args=(path, os.getpid(), entries, launcher.base_path()), daemon=True
+        target=serve, args=(path, os.getpid(), entry, launcher.base_path()), daemon=True
     )
     server.start()
     return folder
 
 
-def serve(path: str, owner: int, entries: dict, base: list[str]) -> None:
+def serve(path: str, owner: int, entry: tuple[str, str], base: list[str]) -> None:
     """The server: import :data:`PRELOAD`, listen on ``path`` (it appears once the server
     listens), and fork one process per request; end when the test worker ``owner`` does."""
     for name in PRELOAD:
@@ -191,7 +188,7 @@ def serve(path: str, owner: int, entries: dict, base: list[str]) -> None:
             if key.fileobj is listener:
                 connection, _ = listener.accept()
                 with contextlib.suppress(OSError, ValueError):
-                    pid = _start(connection, entries, base, [listener, selector, owner_fd, running])
+                    pid = _start(connection, entry, base, [listener, selector, owner_fd, running])
                     pidfd = os.pidfd_open(pid)
                     running[pidfd] = (pid, connection)
                     selector.register(pidfd, selectors.EVENT_READ)
@@ -225,10 +222,9 @@ def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
     return json.loads(body), fds
 
 
-def _start(connection, entries, base, inherited) -> int:
+def _start(connection, entry, base, inherited) -> int:
     """Fork the process of one request; return its pid."""
     request, fds = _receive(connection)
-    entry = entries.get(request["argv"][0])
     pid = os.fork()
     if pid == 0:
         listener, selector, owner_fd, running = inherited
@@ -258,8 +254,6 @@ def _job(connection, request, fds, entry, base) -> NoReturn:
         for signum in (*RELAYED, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         threading.Thread(target=_die_with_client, args=(connection,), daemon=True).start()
-        if entry is None:
-            raise LookupError(f"no console script {request['argv'][0]}")
     except BaseException as error:  # never return into the server's loop
         print(f"tests.jobserver: {error!r}", file=sys.stderr, flush=True)
         os._exit(70)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +16,7 @@ from protolib.losses import supcon_limit_loss, supcon_loss
 from protolib.theory import bounds, ufm
 from protolib.theory.report import THEORY_FILES, write_theory
 from protolib.theory.tables import bounds_table
+from tests.test_cli_commands import written_lines
 
 # ---------------------------------------------------------------- private references
 
@@ -349,10 +349,7 @@ def test_protolib_theory_writes_the_files_and_the_same_seed_gives_identical_resu
         for key, array in result.final.items():
             np.testing.assert_array_equal(given[name].final[key], array)
 
-    printed = {
-        k: Path(v)
-        for k, v in (line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
-    }
+    printed = written_lines(capsys.readouterr().out)
     assert printed == {name: out / name for name in THEORY_FILES}
     assert all(path.is_file() and path.stat().st_size > 0 for path in printed.values())
     pd.testing.assert_frame_equal(pd.read_parquet(out / "bounds.parquet"), bounds_table())

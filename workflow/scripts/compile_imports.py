@@ -35,27 +35,27 @@ WITHOUT_TORCH = (
 OPTIONAL = {"pytest", "xdist", "hypothesis"}
 
 
-def import_all(names: list[str]) -> str | None:
-    """Import ``names`` in turn; the first failure, in one line, or None."""
+def import_all(names: list[str]) -> bool:
+    """Import ``names`` in turn; on the first failure, say which in one line, and False."""
     for name in names:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as error:
             if name in OPTIONAL and error.name == name:
                 continue
-            return f"cannot import {name}: {error}"
+            print(f"compile_imports: cannot import {name}: {error}", file=sys.stderr)
+            return False
         except Exception as error:  # any import-time failure fails the build, named
-            return f"cannot import {name}: {type(error).__name__}: {error}"
-    return None
+            kind = type(error).__name__
+            print(f"compile_imports: cannot import {name}: {kind}: {error}", file=sys.stderr)
+            return False
+    return True
 
 
 def main(argv: list[str]) -> int:
     sys.dont_write_bytecode = False
     if argv == ["--without-torch"]:
-        failure = import_all(list(WITHOUT_TORCH))
-        if failure:
-            print(f"compile_imports: {failure}", file=sys.stderr)
-        return 1 if failure else 0
+        return 0 if import_all(list(WITHOUT_TORCH)) else 1
     other = subprocess.Popen([sys.executable, __file__, "--without-torch"])
     import protolib
 
@@ -64,10 +64,8 @@ def main(argv: list[str]) -> int:
         for module in pkgutil.walk_packages(protolib.__path__, "protolib.")
         if not module.name.endswith(".__main__")
     ]
-    failure = import_all([*names, *WITH_TORCH])
-    if failure:
-        print(f"compile_imports: {failure}", file=sys.stderr)
-    if other.wait() != 0 or failure:
+    imported = import_all([*names, *WITH_TORCH])
+    if other.wait() != 0 or not imported:
         return 1
     print(
         f"compiled the imports of {len(names)} protolib modules and "
