@@ -29,6 +29,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests import launcher
 from tests.conftest import tiny_run
 from tests.slurm.cluster import NODE_ENV, PLUGIN_FLAGS, SMALL_RUN, cluster_script, sacct_jobs
 
@@ -127,7 +128,7 @@ def _snakemake(workdir: Path, *args: str, env: dict[str, str]) -> subprocess.Pop
     )
 
 
-def _wait(process: subprocess.Popen, timeout: float, workdir: Path) -> None:
+def _wait(process: subprocess.Popen | launcher.Process, timeout: float, workdir: Path) -> None:
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -173,8 +174,16 @@ def runs(cluster, tmp_path_factory):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **CLUSTER_ENV}
     env.pop("SLURM_CONF", None)
     slurm = _snakemake(slurm_dir, "--profile", str(ROOT / "slurm"), *PLUGIN_FLAGS, "all", env=env)
-    # the reference: the same runs and their aggregate, on this machine
-    local = _snakemake(local_dir, "--cores", "2", *AGGREGATES, env=env)
+    # the reference: the same runs and their aggregate, on this machine (through
+    # tests.launcher: its processes start without a new interpreter each)
+    snakemake = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile")]
+    local = launcher.start(
+        [*snakemake, "--cores", "2", *AGGREGATES],
+        cwd=local_dir,
+        env=env,
+        log=local_dir / "snakemake.out",
+        start_new_session=True,
+    )
     try:
         killed_job, killed_at = _kill_long_run_mid_way(slurm_dir, slurm)
         _wait(slurm, 480, slurm_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import math
 
@@ -67,33 +69,56 @@ def expand(counts: np.ndarray, members: torch.Tensor, labels: torch.Tensor):
 
 
 @pytest.fixture(scope="module")
-def ce():
-    return ufm.ce_l2()
+def theory_run(tmp_path_factory):
+    """One real ``protolib theory`` (about 13 s on 2 cores), in-process: what ``run_all``
+    returned to it (the five simulations at their defaults, seed 0), the seed it was given,
+    its output folder and what it printed. Every test of the default runs reads these."""
+    from protolib.cli import main
+
+    given: dict = {}
+
+    def recorded(seed):
+        given["seed"] = seed
+        given["results"] = real_run_all(seed=seed)
+        return given["results"]
+
+    real_run_all = ufm.run_all
+    out = tmp_path_factory.mktemp("theory") / "theory"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(ufm, "run_all", recorded)
+        status = main(["theory", "--out", str(out), "--seed", "0"])
+    return status, given, out, printed.getvalue()
 
 
 @pytest.fixture(scope="module")
-def circle():
-    return ufm.supcon_circle()
-
-
-@pytest.fixture(scope="module")
-def multisets():
-    return ufm.supcon_all_multisets()
-
-
-@pytest.fixture(scope="module")
-def limit():
-    return ufm.limit_geometries()
-
-
-@pytest.fixture(scope="module")
-def results(ce, circle, multisets, limit):
+def results(theory_run):
+    """The four simulations these tests check (the fifth: tests/theory/test_batchwise.py)."""
+    everything = theory_run[1]["results"]
     return {
-        "ce_l2": ce,
-        "supcon_circle": circle,
-        "supcon_all_multisets": multisets,
-        "limit_geometries": limit,
+        name: everything[name]
+        for name in ("ce_l2", "supcon_circle", "supcon_all_multisets", "limit_geometries")
     }
+
+
+@pytest.fixture(scope="module")
+def ce(results):
+    return results["ce_l2"]
+
+
+@pytest.fixture(scope="module")
+def circle(results):
+    return results["supcon_circle"]
+
+
+@pytest.fixture(scope="module")
+def multisets(results):
+    return results["supcon_all_multisets"]
+
+
+@pytest.fixture(scope="module")
+def limit(results):
+    return results["limit_geometries"]
 
 
 # ------------------------------------------------------------------------ format
@@ -253,6 +278,28 @@ def test_batched_multiset_loss_gradient_matches_literal_batches():
     torch.testing.assert_close(a1.grad, a2.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(("K", "n", "b"), [(3, 4, 9), (3, 2, 2), (2, 2, 1), (2, 3, 4)])
+@pytest.mark.parametrize("tau", [0.25, 0.05])
+def test_the_optimised_mean_equals_the_mean_of_the_batch_losses(K, n, b, tau):
+    """:func:`multiset_supcon_mean` (what the simulation minimises) against the plain mean
+    of the per-batch losses, value and gradient; b = 1 and 2 leave anchors without a
+    positive, whose terms must vanish."""
+    g = torch.Generator().manual_seed(K * 1000 + n * 100 + b)
+    labels = torch.arange(K).repeat_interleave(n)
+    counts = torch.from_numpy(ufm.multiset_counts(K * n, b))
+    start = F.normalize(torch.randn(K * n, 3, generator=g, dtype=torch.float64), dim=1)
+    plain = start.clone().requires_grad_()
+    want = ufm.multiset_supcon_losses(plain, labels, counts, tau=tau).mean()
+    want.backward()
+    fast = start.clone().requires_grad_()
+    got = ufm.multiset_supcon_mean(labels, counts, tau=tau)(fast)
+    got.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-13, abs=1e-13)
+    torch.testing.assert_close(fast.grad, plain.grad, rtol=1e-11, atol=1e-13)
+    if b == 1:
+        assert got.item() == 0.0 and not fast.grad.any()
+
+
 def test_supcon_all_multisets_attains_theorem_2(multisets):
     setting = "rho=2"
     bound = reference_supcon_bound(12, 3, 9, 2.0)
@@ -324,39 +371,26 @@ def test_limit_minority_angles_optimum_is_off_target_but_exact(limit):
 # ------------------------------------------------------------------ determinism
 
 
-def test_protolib_theory_writes_the_files_and_the_same_seed_gives_identical_results(
-    results, tmp_path, capsys, monkeypatch
-):
-    """One real `protolib theory` (about 13 s on 2 cores): what ``run_all`` gave it equals
-    this module's own runs of the simulations exactly (same seed: same tables, traces and
-    final configurations), and its files are checked against the closed-form bounds."""
-    from protolib.cli import main
-
-    given = {}
-
-    def recorded(seed):
-        given.update(real_run_all(seed=seed))
-        return given
-
-    real_run_all = ufm.run_all
-    monkeypatch.setattr(ufm, "run_all", recorded)
-    out = tmp_path / "theory"
-    # the fixtures ran with this process's thread count: the same here, since the order of
-    # a sum (so its last bit) depends on how many threads share it
-    threads = str(torch.get_num_threads())
-    assert main(["theory", "--out", str(out), "--threads", threads, "--seed", "0"]) == 0
-    for name, result in results.items():
-        pd.testing.assert_frame_equal(given[name].table, result.table, check_exact=True)
-        pd.testing.assert_frame_equal(given[name].trace, result.trace, check_exact=True)
-        assert given[name].final.keys() == result.final.keys()
-        for key, array in result.final.items():
-            np.testing.assert_array_equal(given[name].final[key], array)
-
-    printed = written_lines(capsys.readouterr().out)
+def test_protolib_theory_writes_the_files_of_run_all_with_the_seed(theory_run):
+    """The real `protolib theory`: it ran ``run_all`` with its seed, printed every theory
+    file, and its files are checked against the closed-form bounds."""
+    status, given, out, stdout = theory_run
+    assert status == 0
+    assert given["seed"] == 0 and list(given["results"]) == [
+        "ce_l2",
+        "supcon_circle",
+        "supcon_all_multisets",
+        "limit_geometries",
+        "batchwise_minimisers",
+    ]
+    printed = written_lines(stdout)
     assert printed == {name: out / name for name in THEORY_FILES}
     assert all(path.is_file() and path.stat().st_size > 0 for path in printed.values())
     pd.testing.assert_frame_equal(pd.read_parquet(out / "bounds.parquet"), bounds_table())
     table = pd.read_parquet(out / "ufm.parquet")
+    pd.testing.assert_frame_equal(
+        table, pd.concat([r.table for r in given["results"].values()], ignore_index=True)
+    )
     ce = table[(table.simulation == "ce_l2") & (table.quantity.isin(["bound", "attained"]))]
     assert len(ce) == 10
     for setting, rows in ce.groupby("setting"):
@@ -366,6 +400,37 @@ def test_protolib_theory_writes_the_files_and_the_same_seed_gives_identical_resu
         assert math.isclose(values["attained"], values["bound"], rel_tol=1e-6)
     assert "Corollary 2" in (out / "bounds_vs_attained.md").read_text()
     assert all(printed[f].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in printed if ".png" in f)
+
+
+# Small sizes: the same code paths as the defaults, in a fraction of a second each.
+SMALL = {
+    "ce_l2": lambda seed: ufm.ce_l2(
+        lams=(1e-2,), points_per_class=5, seed=seed, starts=2, max_steps=3, iters_per_step=5
+    ),
+    "supcon_circle": lambda seed: ufm.supcon_circle(
+        points_per_class=5, steps=3, seed=seed, starts=2, iters_per_step=5
+    ),
+    "supcon_all_multisets": lambda seed: ufm.supcon_all_multisets(
+        points_per_class=2, batch_size=3, seed=seed, max_steps=3, iters_per_step=5
+    ),
+    "limit_geometries": lambda seed: ufm.limit_geometries(
+        points_per_class=3, seed=seed, max_steps=3, iters_per_step=5
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_the_same_seed_gives_identical_results(name):
+    """Tables, traces and final configurations equal exactly for the same seed; another
+    seed starts elsewhere (the trace's first losses differ)."""
+    first, again, other = SMALL[name](0), SMALL[name](0), SMALL[name](1)
+    pd.testing.assert_frame_equal(first.table, again.table, check_exact=True)
+    pd.testing.assert_frame_equal(first.trace, again.trace, check_exact=True)
+    assert first.final.keys() == again.final.keys()
+    for key, array in first.final.items():
+        np.testing.assert_array_equal(again.final[key], array)
+    start = first.trace[first.trace["step"] == 0]["value"].to_numpy()
+    assert not np.array_equal(start, other.trace[other.trace["step"] == 0]["value"].to_numpy())
 
 
 def test_run_all_runs_the_five_with_the_seed(monkeypatch):

@@ -161,11 +161,18 @@ RESUME = {
 }
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run of RESUME without interruption, in this process: its folder and summary."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "reference"
+    return out, train_run(RESUME, out, progress=False)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
-def test_killed_run_resumes_to_identical_metrics(tmp_path, signum):
+def test_killed_run_resumes_to_identical_metrics(tmp_path, signum, uninterrupted):
     config_path = tmp_path / "run.json"
     config_path.write_text(json.dumps(RESUME))
-    reference = train_run(RESUME, tmp_path / "reference", progress=False)
+    reference_dir, reference = uninterrupted
     out = tmp_path / "killed"
     process = run_cli("--config", str(config_path), "--out", str(out), "--no-progress")
     deadline = time.time() + 120
@@ -187,7 +194,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, signum):
     resumed = run_cli("--config", str(config_path), "--out", str(out), "--no-progress")
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
-    a = pd.read_parquet(tmp_path / "reference" / "metrics.parquet")
+    a = pd.read_parquet(reference_dir / "metrics.parquet")
     b = pd.read_parquet(out / "metrics.parquet")
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     summary = json.loads((out / "summary.json").read_text())

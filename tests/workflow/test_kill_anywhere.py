@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests import launcher
 from tests.conftest import tiny_grid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,11 +148,14 @@ def _locks(workdir: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    """The tables of an uninterrupted run (aggregation is all they need)."""
+    """The tables of an uninterrupted run (aggregation is all they need). Nothing is
+    killed here, so it runs through tests.launcher: the same Snakemake command line, its
+    processes started without a new interpreter each."""
     workdir = tmp_path_factory.mktemp("reference")
     (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    run = Pipeline(workdir, "reference", f"results/{EXPERIMENT}/aggregate/runs.parquet")
-    assert run.finish() == 0, run.stderr[-3000:]
+    argv = launch_argv(f"results/{EXPERIMENT}/aggregate/runs.parquet")[2:]  # no make run
+    run = launcher.run(argv, cwd=workdir, env=environment(), timeout=POLL_TIMEOUT * 2)
+    assert run.returncode == 0, run.stderr[-3000:]
     return workdir
 
 

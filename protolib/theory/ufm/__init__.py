@@ -42,6 +42,7 @@ from protolib.theory.ufm.limit import limit_geometries
 from protolib.theory.ufm.multisets import (
     multiset_counts,
     multiset_supcon_losses,
+    multiset_supcon_mean,
     supcon_all_multisets,
 )
 
@@ -56,6 +57,7 @@ __all__ = [
     "limit_geometries",
     "multiset_counts",
     "multiset_supcon_losses",
+    "multiset_supcon_mean",
     "run_all",
     "supcon_all_multisets",
     "supcon_circle",

@@ -82,6 +82,57 @@ def multiset_supcon_losses(
     return torch.where(counted, c * anchor, torch.zeros_like(anchor)).sum(dim=1)
 
 
+def multiset_supcon_mean(labels: Tensor, counts: Tensor, *, tau: float):
+    """The mean over the multisets ``counts`` of :func:`multiset_supcon_losses`, as a
+    function of the members alone, for an optimiser that evaluates it many times.
+
+    What does not depend on the members is summed over the multisets once. With ``w_ma =
+    c_ma [c_ma > 0, P_ma > 0]`` (``P_ma = Σ_t P_at``) and ``v_ma = w_ma / P_ma``::
+
+        mean = (1/M) [Σ_ma w_ma log D_ma + Σ_a shift_a Σ_m w_ma
+                      − Σ_at (s·same·off)_at Σ_m v_ma c_mt − Σ_a s_aa Σ_m v_ma (c_ma − 1)⁺],
+
+    so an evaluation computes only the denominators, as one product ``D = [c | (c − 1)⁺]
+    [(e·off)ᵀ; diag(e_aa)]`` (plus 1 where ``w_ma = 0``, whose logarithm is then finite and
+    weighted by 0), their logarithms and one dot product. Equal to the mean of
+    :func:`multiset_supcon_losses` to round-off, and so is its gradient
+    (``tests/theory/test_ufm.py``).
+
+    Returns:
+        ``mean(members)``: ``members`` ``(n, d)`` unit rows, the scalar mean loss.
+    """
+    c = counts.to(torch.float64)
+    n = c.shape[1]
+    same = (labels.unsqueeze(0) == labels.unsqueeze(1)).to(c.dtype)
+    off = 1.0 - torch.eye(n, dtype=c.dtype)
+    self_copies = (c - 1).clamp_min(0)
+    positives = c @ (same * off).T + self_copies
+    weight = torch.where((c > 0) & (positives > 0), c, torch.zeros_like(c))
+    per_positive = weight / positives.clamp_min(1)
+    shift_weight = weight.sum(dim=0)  # (n,)
+    positive_weight = per_positive.T @ c * same * off  # (n, n)
+    self_weight = (per_positive * self_copies).sum(dim=0)  # (n,)
+    copies = torch.cat([c, self_copies], dim=1)  # (M, 2n)
+    uncounted = (weight == 0).to(c.dtype)
+    flat_weight = weight.flatten()
+    size = c.shape[0]
+
+    def mean(members: Tensor) -> Tensor:
+        similarity = members @ members.T / tau
+        shift = similarity.detach().max(dim=1).values
+        exps = torch.exp(similarity - shift.unsqueeze(1))
+        per_copy = torch.cat([(exps * off).T, torch.diag(exps.diagonal())])  # (2n, n)
+        denominator = torch.addmm(uncounted, copies, per_copy)
+        linear = (
+            (shift * shift_weight).sum()
+            - (similarity * positive_weight).sum()
+            - (similarity.diagonal() * self_weight).sum()
+        )
+        return (torch.dot(flat_weight, denominator.log().flatten()) + linear) / size
+
+    return mean
+
+
 # Longer than 60 lines only through its docstring (it documents every quantity of the
 # table); the code itself is under 60 lines.
 def supcon_all_multisets(
@@ -102,8 +153,9 @@ def supcon_all_multisets(
     The ``N`` points lie on the circle of radius ``ρ`` (no temperature; equivalently unit
     vectors with ``τ = 1/ρ²``) and their angles are optimised, from seeded uniformly
     random angles, to minimise the mean batch loss over all ``C(N+b−1, b)`` multisets
-    (167 960 for ``N = 12``, ``b = 9``), computed exactly by
-    :func:`multiset_supcon_losses` over the count vectors of :func:`multiset_counts`.
+    (167 960 for ``N = 12``, ``b = 9``), computed exactly over the count vectors of
+    :func:`multiset_counts` by :func:`multiset_supcon_mean` (4× faster than averaging
+    :func:`multiset_supcon_losses`, which gives the final per-batch losses).
     The default ``ρ = 2`` (``ρ² = 4``, ``τ = 0.25``) keeps the problem well conditioned,
     so L-BFGS reaches the bound to round-off; one start suffices (checked on 30 seeds).
 
@@ -125,9 +177,10 @@ def supcon_all_multisets(
     N = y.numel()
     tau = 1.0 / (rho * rho)
     counts = torch.from_numpy(multiset_counts(N, batch_size)).to(DTYPE)
+    mean_loss = multiset_supcon_mean(y, counts, tau=tau)
 
     def objective(params: list[Tensor]) -> Tensor:
-        return multiset_supcon_losses(on_circle(params[0]), y, counts, tau=tau).mean()
+        return mean_loss(on_circle(params[0]))
 
     best, info = best_fit(objective, angle_starts(N), starts, seed, max_steps, iters_per_step)
     angles = best.params[0]
