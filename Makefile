@@ -25,6 +25,8 @@ env: $(STAMP)
 # pip compiles nothing (--no-compile): workflow/scripts/compile_imports.py then compiles
 # what protolib and its tests import (on 2 cores: 112 s of pip and 15 s of it, against
 # 174 s of pip compiling every module).
+# pip is upgraded first: with the pip that Python 3.11.7's venv bundles (23.2.1) the two
+# installs took 54 s and 77 s, with pip 26.3 34 s and 33 s (measured on 2 cores).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
