@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 from protolib.cli import main
+from tests import launcher
 
 LOSSES = {"bcl", "ce", "ce_fix", "supcon", "supcon_limit", "supcon_limit_paper"}
 GEOMETRIES = {"etf", "from_gram", "majority_collapse", "minority_angles", "orthonormal"}
 
 
 def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "protolib.cli", *args], capture_output=True, text=True, check=False
-    )
+    return launcher.run([sys.executable, "-m", "protolib.cli", *args])
 
 
 def listed(stdout: str) -> dict[str, list[str]]:

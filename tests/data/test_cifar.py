@@ -19,6 +19,7 @@ import torch
 from protolib import DATASETS
 from protolib.data import Split, load_dataset
 from protolib.data.datasets import CifarFileError
+from tests import launcher
 
 PLANE = 32 * 32
 
@@ -406,7 +407,7 @@ def test_protolib_train_reports_a_bad_batch_in_one_line_and_writes_nothing(tmp_p
     marker = tmp_path / "marker"
     (folder / "data_batch_1").write_bytes(_payloads(marker)["os.system"][0])
     out = tmp_path / "run"
-    result = subprocess.run(
+    result = launcher.run(
         [
             str(Path(sys.executable).parent / "protolib"),
             "train",
@@ -417,9 +418,6 @@ def test_protolib_train_reports_a_bad_batch_in_one_line_and_writes_nothing(tmp_p
             "--set",
             "dataset_options=" + json.dumps({"root": str(tmp_path / "data")}),
         ],
-        capture_output=True,
-        text=True,
-        check=False,
         timeout=300,
     )
     assert result.returncode == 2, result.stderr

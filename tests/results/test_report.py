@@ -34,6 +34,7 @@ from protolib.results.report import (
     resolve,
 )
 from protolib.train import train_run
+from tests import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -187,9 +188,7 @@ def test_snakemake_report_shows_the_caption_from_the_list(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     command = [str(BIN / "snakemake"), "-s", str(tmp_path / "Snakefile"), "-d", str(workdir)]
     for extra in (["--cores", "1"], ["--report", "report.html"]):
-        done = subprocess.run(
-            [*command, *extra], capture_output=True, text=True, env=env, timeout=300, check=False
-        )
+        done = launcher.run([*command, *extra], env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
     html = (workdir / "report.html").read_text(encoding="utf-8")
     assert "<strong>Final Gram matrices</strong>: the class-mean Gram G_M" in html
