@@ -15,7 +15,8 @@ process kills its own process group, children included.
 What a job saves is its start-up (`import torch` alone is 1.7 s of CPU on 2 cores; the
 saving is measured in benchmarks/README.md). A dry run starts no server. Tests that kill a
 pipeline's whole process group, or that run Snakemake the ordinary way (the kill-anywhere
-test, the SLURM cluster, `make run`), run every job as a fresh process.
+test's killed pipelines, the SLURM cluster's jobs, `make run`), run every job as a fresh
+process; their uninterrupted local references go through :mod:`tests.launcher`.
 """
 
 from __future__ import annotations
