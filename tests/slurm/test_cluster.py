@@ -114,10 +114,14 @@ def _pids(path: Path) -> list[tuple[str, int]]:
     return [(n, int(p)) for n, p in (line.split() for line in path.read_text().splitlines())]
 
 
+def _snakemake_argv(*args: str) -> list[str]:
+    return [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), *args]
+
+
 def _snakemake(workdir: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
     log = (workdir / "snakemake.out").open("w")
     return subprocess.Popen(
-        [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), *args],
+        _snakemake_argv(*args),
         cwd=workdir,
         env=env,
         stdout=log,
@@ -176,9 +180,8 @@ def runs(cluster, tmp_path_factory):
     slurm = _snakemake(slurm_dir, "--profile", str(ROOT / "slurm"), *PLUGIN_FLAGS, "all", env=env)
     # the reference: the same runs and their aggregate, on this machine (through
     # tests.launcher: its processes start without a new interpreter each)
-    snakemake = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile")]
     local = launcher.start(
-        [*snakemake, "--cores", "2", *AGGREGATES],
+        _snakemake_argv("--cores", "2", *AGGREGATES),
         cwd=local_dir,
         env=env,
         log=local_dir / "snakemake.out",

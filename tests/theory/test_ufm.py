@@ -70,9 +70,10 @@ def expand(counts: np.ndarray, members: torch.Tensor, labels: torch.Tensor):
 
 @pytest.fixture(scope="module")
 def theory_run(tmp_path_factory):
-    """One real ``protolib theory`` (about 13 s on 2 cores), in-process: what ``run_all``
-    returned to it (the five simulations at their defaults, seed 0), the seed it was given,
-    its output folder and what it printed. Every test of the default runs reads these."""
+    """One real ``protolib theory`` (the simulations about 8 s on one thread), in-process:
+    what ``run_all`` returned to it (the five simulations at their defaults, seed 0), the
+    seed it was given, its output folder and what it printed. Every test of the default
+    runs reads these."""
     from protolib.cli import main
 
     given: dict = {}

@@ -48,10 +48,21 @@ def environment() -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 
 
+def snakemake_argv(*targets: str) -> list[str]:
+    """Snakemake on this checkout's Snakefile with one core."""
+    return [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--cores",
+        "1",
+        *targets,
+    ]
+
+
 def launch_argv(*targets: str) -> list[str]:
-    """What ``make run`` executes, with this checkout's Snakefile and one core."""
-    snakemake = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--cores", "1"]
-    return [sys.executable, str(LAUNCH), *snakemake, *targets]
+    """What ``make run`` executes: :func:`snakemake_argv` behind its launcher."""
+    return [sys.executable, str(LAUNCH), *snakemake_argv(*targets)]
 
 
 def results(workdir: Path) -> Path:
@@ -153,7 +164,7 @@ def reference(tmp_path_factory) -> Path:
     processes started without a new interpreter each."""
     workdir = tmp_path_factory.mktemp("reference")
     (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    argv = launch_argv(f"results/{EXPERIMENT}/aggregate/runs.parquet")[2:]  # no make run
+    argv = snakemake_argv(f"results/{EXPERIMENT}/aggregate/runs.parquet")
     run = launcher.run(argv, cwd=workdir, env=environment(), timeout=POLL_TIMEOUT * 2)
     assert run.returncode == 0, run.stderr[-3000:]
     return workdir

@@ -39,6 +39,19 @@ def multiset_counts(num_items: int, size: int) -> np.ndarray:
     return np.concatenate([rows, remaining[:, None]], axis=1)
 
 
+def _copies(labels: Tensor, counts: Tensor, dtype: torch.dtype, device: torch.device):
+    """What both multiset losses derive from the labels and counts alone: the counts ``c``
+    as ``dtype``, the same-class and off-diagonal masks, ``(c − 1)⁺`` (copies of an anchor's
+    own member among the others), ``P_ma = Σ_t P_at`` and whether anchor ``a`` of batch
+    ``m`` counts (``c_ma > 0`` and ``P_ma > 0``)."""
+    c = counts.to(device=device, dtype=dtype)
+    same = (labels.unsqueeze(0) == labels.unsqueeze(1)).to(device=device, dtype=dtype)
+    off = 1.0 - torch.eye(c.shape[1], dtype=dtype, device=device)
+    self_copies = (c - 1).clamp_min(0)
+    positives = c @ (same * off).T + self_copies
+    return c, same, off, self_copies, positives, (c > 0) & (positives > 0)
+
+
 def multiset_supcon_losses(
     members: Tensor, labels: Tensor, counts: Tensor, *, tau: float
 ) -> Tensor:
@@ -66,17 +79,13 @@ def multiset_supcon_losses(
         ``(M,)`` batch losses (differentiable in ``members``).
     """
     similarity = members @ members.T / tau  # (n, n)
-    dtype = similarity.dtype
-    c = counts.to(dtype)
-    same = (labels.unsqueeze(0) == labels.unsqueeze(1)).to(dtype)
-    off = 1.0 - torch.eye(members.shape[0], dtype=dtype, device=members.device)
+    c, same, off, self_copies, positives, counted = _copies(
+        labels, counts, similarity.dtype, members.device
+    )
     shift = similarity.detach().max(dim=1).values  # (n,)
     exps = torch.exp(similarity - shift.unsqueeze(1))
-    self_copies = (c - 1).clamp_min(0)  # copies of the anchor's own member among the others
     denominator = c @ (exps * off).T + self_copies * exps.diagonal()
-    positives = c @ (same * off).T + self_copies  # Σ_t P_at
     positive_sum = c @ (similarity * same * off).T + self_copies * similarity.diagonal()
-    counted = (c > 0) & (positives > 0)
     safe_denominator = torch.where(counted, denominator, torch.ones_like(denominator))
     anchor = safe_denominator.log() + shift - positive_sum / positives.clamp_min(1)
     return torch.where(counted, c * anchor, torch.zeros_like(anchor)).sum(dim=1)
@@ -101,13 +110,10 @@ def multiset_supcon_mean(labels: Tensor, counts: Tensor, *, tau: float):
     Returns:
         ``mean(members)``: ``members`` ``(n, d)`` unit rows, the scalar mean loss.
     """
-    c = counts.to(torch.float64)
-    n = c.shape[1]
-    same = (labels.unsqueeze(0) == labels.unsqueeze(1)).to(c.dtype)
-    off = 1.0 - torch.eye(n, dtype=c.dtype)
-    self_copies = (c - 1).clamp_min(0)
-    positives = c @ (same * off).T + self_copies
-    weight = torch.where((c > 0) & (positives > 0), c, torch.zeros_like(c))
+    c, same, off, self_copies, positives, counted = _copies(
+        labels, counts, torch.float64, counts.device
+    )
+    weight = torch.where(counted, c, torch.zeros_like(c))
     per_positive = weight / positives.clamp_min(1)
     shift_weight = weight.sum(dim=0)  # (n,)
     positive_weight = per_positive.T @ c * same * off  # (n, n)
